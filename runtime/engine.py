@@ -1,0 +1,365 @@
+"""Engine: the offline API. Load a model once, then generate for many callers at once.
+
+Example::
+
+    from loomlm.runtime import Engine, SamplingParams
+
+    with Engine() as engine:  # the built-in TinyStories 260K model
+        out = engine.generate("Once upon a time", SamplingParams(max_new_tokens=32, temperature=0))
+        print(out.text, out.finish_reason)
+        for chunk in engine.stream("One day", {"max_new_tokens": 16}):
+            print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attention.torch_backend import TorchAttention
+from .detokenizer import IncrementalDetokenizer
+from .engine_inputs import (
+    Limits,
+    ParamsInput,
+    RequestSpec,
+    check_prompt,
+    make_logprob_request,
+    make_rids,
+    normalize_params,
+    normalize_prompts,
+)
+from .engine_loop import EngineLoop, Event
+from .kv_budget import kv_slots_for
+from .kv_pool import KVPool
+from .model_runner import ModelRunner
+from .models.config import ModelConfig
+from .models.loader import load_model, resolve_dtype, resolve_model_dir
+from .output_processor import OutputProcessor
+from .outputs import GenerateOutput, StreamChunk
+from .request import Request
+from .scheduler import Scheduler, SchedulerConfig
+from .tokenizer import load_tokenizer
+
+logger = logging.getLogger("loomlm.engine")
+
+
+class Engine:
+    """An in-process inference engine with continuous batching over a paged KV pool.
+
+    Args:
+        model: a checkpoint directory (config.json + safetensors), a hub id where a hub is
+            reachable, or None for the built-in TinyStories 260K model.
+        dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
+        device: "cpu", "cuda", ...; default: CUDA when available.
+        max_total_tokens: KV pool size in tokens; default: `mem_fraction` of free memory.
+        mem_fraction: share of free (host or device) memory the KV pool may take.
+        max_running_requests: most requests decoding at once.
+        max_prefill_tokens: per-step token budget for prompt tokens.
+        context_length: override the model's maximum context.
+        tokenizer: a tokenizer directory (default: the model's); `skip_tokenizer_init=True`
+            runs on token ids only.
+        seed: seeds the random streams of requests that give no seed of their own.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        max_total_tokens: int | None = None,
+        mem_fraction: float | None = None,
+        max_running_requests: int = 256,
+        max_prefill_tokens: int = 8192,
+        context_length: int | None = None,
+        tokenizer: str | Path | None = None,
+        skip_tokenizer_init: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.model_dir = resolve_model_dir(model)
+        self.model_config = ModelConfig.from_dir(self.model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = resolve_dtype(dtype, self.model_config)
+        config = self.model_config
+        self.max_context = context_length or config.max_position_embeddings
+        if self.max_context < 2:
+            raise ValueError(f"context_length: must be >= 2, got {self.max_context}")
+        if self.max_context > config.max_position_embeddings:
+            config.max_position_embeddings = self.max_context  # rope tables must cover it
+        self.tokenizer = (
+            None if skip_tokenizer_init else load_tokenizer(tokenizer or self.model_dir)
+        )
+        self.model = load_model(self.model_dir, config, self.dtype, self.device)
+
+        scheduler_config = SchedulerConfig(max_running_requests, max_prefill_tokens)
+        slots = kv_slots_for(
+            config,
+            self.dtype,
+            self.device,
+            self.max_context,
+            max_running_requests,
+            max_total_tokens,
+            mem_fraction,
+        )
+        self.kv_pool = KVPool(
+            slots,
+            config.num_layers,
+            config.num_kv_heads,
+            config.head_dim,
+            self.dtype,
+            self.device,
+            max_requests=max_running_requests,
+            max_context=self.max_context,
+        )
+        attention = TorchAttention(
+            config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window
+        )
+        self.runner = ModelRunner(self.model, self.kv_pool, attention, self.device)
+        self.outputs = OutputProcessor(self.max_context, self.tokenizer)
+        self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.outputs)
+        self.eos_ids = frozenset(config.eos_token_ids)
+        self.limits = Limits(config.vocab_size, self.max_context, slots)
+        self._rng = random.Random(seed)
+        self._loop = EngineLoop(self.scheduler, self.runner, self.outputs)
+        logger.info(
+            "engine ready: %s, %s on %s, %d KV slots",
+            self.model_dir.name,
+            self.dtype,
+            self.device,
+            slots,
+        )
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Any = None,
+        sampling_params: ParamsInput = None,
+        *,
+        input_ids: Any = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        return_text_in_logprobs: bool = False,
+        rid: str | Sequence[str] | None = None,
+    ) -> GenerateOutput | list[GenerateOutput]:
+        """Generate for one prompt or a list of them; blocks until all are done.
+
+        One prompt with n == 1 gives one GenerateOutput; otherwise a list, prompt-major
+        (all n samples of the first prompt, then the second's...).
+        """
+        specs, single = self._specs(
+            prompt,
+            input_ids,
+            sampling_params,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            return_text_in_logprobs,
+            rid,
+        )
+        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        for spec in specs:
+            self._submit(spec, stream=False, on_event=inbox.put)
+        by_rid = {}
+        while len(by_rid) < len(specs):
+            out = inbox.get()
+            by_rid[out.rid] = out
+        results = [by_rid[s.rid] for s in specs]
+        return results[0] if single and len(results) == 1 else results
+
+    def stream(
+        self,
+        prompt: Any = None,
+        sampling_params: ParamsInput = None,
+        **kwargs: Any,
+    ) -> Iterator[StreamChunk]:
+        """Yield chunks of new text as one request generates (n must be 1)."""
+        spec = self._single_spec(prompt, sampling_params, kwargs)
+        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._submit(spec, stream=True, on_event=inbox.put)
+        try:
+            while True:
+                chunk = inbox.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            # A consumer that stops early (break, exception, garbage collection) aborts.
+            self.abort(spec.rid)
+
+    async def async_generate(
+        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
+    ) -> GenerateOutput | list[GenerateOutput]:
+        """`generate` for asyncio: awaits without blocking the event loop."""
+        specs, single = self._specs(
+            prompt,
+            kwargs.pop("input_ids", None),
+            sampling_params,
+            kwargs.pop("return_logprob", False),
+            kwargs.pop("logprob_start_len", None),
+            kwargs.pop("top_logprobs_num", None),
+            kwargs.pop("return_text_in_logprobs", False),
+            kwargs.pop("rid", None),
+        )
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        put = _threadsafe_put(inbox)
+        for spec in specs:
+            self._submit(spec, stream=False, on_event=put)
+        by_rid = {}
+        try:
+            while len(by_rid) < len(specs):
+                out = await inbox.get()
+                by_rid[out.rid] = out
+        except asyncio.CancelledError:
+            for spec in specs:
+                self.abort(spec.rid)
+            raise
+        results = [by_rid[s.rid] for s in specs]
+        return results[0] if single and len(results) == 1 else results
+
+    async def async_stream(
+        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
+    ) -> AsyncIterator[StreamChunk]:
+        spec = self._single_spec(prompt, sampling_params, kwargs)
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._submit(spec, stream=True, on_event=_threadsafe_put(inbox))
+        try:
+            while True:
+                chunk = await inbox.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            self.abort(spec.rid)
+
+    def abort(self, rid: str) -> None:
+        """Abort request `rid` wherever it is; its slots are freed before the next step."""
+        self._loop.abort(rid)
+
+    # -- inspection and lifecycle ------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            s = self.scheduler.stats
+            return {
+                "kv_slots_total": self.kv_pool.num_slots,
+                "kv_slots_free": self.kv_pool.num_free(),
+                "num_running": len(self.scheduler.running),
+                "num_waiting": len(self.scheduler.waiting),
+                "num_preemptions": s.num_preemptions,
+                "num_steps": s.num_steps,
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+            }
+
+        return self._loop.call(read)  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        """Abort whatever is in flight and stop the engine thread. Idempotent."""
+        if self._loop.alive:
+            self._loop.stop()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.alive:
+            loop.stop()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
+        specs, single = self._specs(
+            prompt,
+            kwargs.pop("input_ids", None),
+            sampling_params,
+            kwargs.pop("return_logprob", False),
+            kwargs.pop("logprob_start_len", None),
+            kwargs.pop("top_logprobs_num", None),
+            kwargs.pop("return_text_in_logprobs", False),
+            kwargs.pop("rid", None),
+        )
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        if not single or len(specs) != 1:
+            raise ValueError("prompt: streaming takes one prompt with n == 1")
+        return specs[0]
+
+    def _specs(
+        self,
+        prompt: Any,
+        input_ids: Any,
+        sampling_params: ParamsInput,
+        return_logprob: bool,
+        logprob_start_len: int | None,
+        top_logprobs_num: int | None,
+        with_text: bool,
+        rid: str | Sequence[str] | None,
+    ) -> tuple[list[RequestSpec], bool]:
+        prompts, single = normalize_prompts(prompt, input_ids)
+        params = normalize_params(sampling_params, len(prompts))
+        logprob = make_logprob_request(
+            return_logprob, logprob_start_len, top_logprobs_num, with_text
+        )
+        rids = make_rids(rid, len(prompts))
+        specs = []
+        field = "prompt" if prompt is not None else "input_ids"
+        for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
+            where = field if single else f"{field}[{i}]"
+            ids = self._tokenize(p, where)
+            check_prompt(ids, sp, self.limits, where)
+            if logprob.enabled and logprob.start_len >= len(ids):
+                raise ValueError(
+                    f"logprob_start_len: {logprob.start_len} is not below the prompt length {len(ids)}"
+                )
+            for k in range(sp.n):
+                specs.append(RequestSpec(r if sp.n == 1 else f"{r}-{k}", ids, sp, logprob, k))
+        return specs, single
+
+    def _tokenize(self, prompt: str | list[int], where: str) -> list[int]:
+        if not isinstance(prompt, str):
+            return prompt
+        if not prompt:
+            raise ValueError(f"{where}: empty prompt")
+        if self.tokenizer is None:
+            raise ValueError(f"{where}: this engine has no tokenizer; pass token ids (input_ids)")
+        return self.tokenizer.encode(prompt)
+
+    def _submit(self, spec: RequestSpec, stream: bool, on_event: Callable[[Event], None]) -> None:
+        params = spec.params
+        if params.seed is None:
+            seed = self._rng.getrandbits(63)
+        else:  # the n samples of one seeded prompt differ, reproducibly
+            seed = (params.seed + spec.sample_index * 0x9E3779B97F4A7C15) % (1 << 63)
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer(
+                self.tokenizer, spec.prompt_ids, params.skip_special_tokens
+            )
+        req = Request(
+            rid=spec.rid,
+            prompt_ids=spec.prompt_ids,
+            params=params,
+            eos_ids=self.eos_ids,
+            seed=seed,
+            detokenizer=detok,
+            on_event=on_event,
+            logprob=spec.logprob,
+            stream=stream,
+        )
+        self._loop.submit(req)
+
+
+def _threadsafe_put(q: asyncio.Queue) -> Callable[[Event], None]:
+    loop = asyncio.get_running_loop()
+    return lambda event: loop.call_soon_threadsafe(q.put_nowait, event)

@@ -1,0 +1,130 @@
+"""Turning what a caller passes to `Engine.generate` into validated request specs.
+
+All validation happens here, in the caller's thread, so that bad input raises a ValueError
+naming the field before anything reaches the engine loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .request import LogprobRequest
+from .sampling_params import SamplingParams
+
+PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
+ParamsInput = SamplingParams | dict[str, Any] | Sequence[SamplingParams | dict[str, Any]] | None
+
+
+class RequestSpec(NamedTuple):
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    logprob: LogprobRequest
+    sample_index: int  # which of the `n` samples of its prompt this is
+
+
+class Limits(NamedTuple):
+    vocab_size: int
+    max_context: int
+    kv_slots: int
+
+
+def normalize_prompts(prompt: Any, input_ids: Any) -> tuple[list[str | list[int]], bool]:
+    """The prompts as a list (text or ids each), and whether the caller passed a single one."""
+    if (prompt is None) == (input_ids is None):
+        raise ValueError("prompt: give exactly one of `prompt` (text) and `input_ids` (token ids)")
+    value = prompt if prompt is not None else input_ids
+    field = "prompt" if prompt is not None else "input_ids"
+    if isinstance(value, str):
+        return [value], True
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"{field}: expected a string, token ids, or a list of them; got {type(value).__name__}"
+        )
+    if not value:
+        raise ValueError(f"{field}: empty")
+    if all(_is_token_id(t) for t in value):
+        return [list(value)], True
+    prompts: list[str | list[int]] = []
+    for i, p in enumerate(value):
+        if isinstance(p, str):
+            prompts.append(p)
+        elif isinstance(p, (list, tuple)) and all(_is_token_id(t) for t in p):
+            prompts.append(list(p))
+        else:
+            raise ValueError(f"{field}[{i}]: expected a string or a list of token ids")
+    return prompts, False
+
+
+def normalize_params(params: ParamsInput, count: int) -> list[SamplingParams]:
+    if isinstance(params, (list, tuple)):
+        if len(params) != count:
+            raise ValueError(
+                f"sampling_params: a list of {len(params)} for {count} prompts; expected one per prompt"
+            )
+        return [_one_params(p) for p in params]
+    one = _one_params(params)
+    return [one] * count
+
+
+def _one_params(p: SamplingParams | dict[str, Any] | None) -> SamplingParams:
+    if p is None:
+        return SamplingParams()
+    if isinstance(p, SamplingParams):
+        return p
+    if isinstance(p, dict):
+        return SamplingParams.from_dict(p)
+    raise ValueError(f"sampling_params: expected SamplingParams or a dict, got {type(p).__name__}")
+
+
+def check_prompt(ids: list[int], params: SamplingParams, limits: Limits, where: str) -> None:
+    if not ids:
+        raise ValueError(f"{where}: empty prompt (no tokens)")
+    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"{where}: token id {bad} is out of range [0, {limits.vocab_size})")
+    room = limits.max_context if params.max_new_tokens == 0 else limits.max_context - 1
+    if len(ids) > room:
+        raise ValueError(
+            f"{where}: {len(ids)} tokens is longer than the model's context of "
+            f"{limits.max_context} tokens (leave at least one for generation)"
+        )
+    if len(ids) + 1 > limits.kv_slots:
+        raise ValueError(
+            f"{where}: {len(ids)} tokens do not fit in the KV pool of {limits.kv_slots} tokens "
+            "(raise max_total_tokens)"
+        )
+
+
+def make_logprob_request(
+    return_logprob: bool,
+    logprob_start_len: int | None,
+    top_logprobs_num: int | None,
+    with_text: bool,
+) -> LogprobRequest:
+    start = -1 if logprob_start_len is None else logprob_start_len
+    top = top_logprobs_num or 0
+    if isinstance(start, bool) or not isinstance(start, int) or start < -1:
+        raise ValueError(f"logprob_start_len: expected an integer >= -1, got {logprob_start_len!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ValueError(f"top_logprobs_num: expected an integer >= 0, got {top_logprobs_num!r}")
+    return LogprobRequest(bool(return_logprob), start, top, bool(with_text))
+
+
+def make_rids(rid: str | Sequence[str] | None, count: int) -> list[str]:
+    if rid is None:
+        return [uuid.uuid4().hex for _ in range(count)]
+    if isinstance(rid, str):
+        if count != 1:
+            raise ValueError(f"rid: one id given for {count} prompts; pass a list of ids")
+        return [rid]
+    rids = list(rid)
+    if len(rids) != count or len(set(rids)) != count:
+        raise ValueError(f"rid: expected {count} distinct ids, got {rids!r}")
+    return rids
+
+
+def _is_token_id(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)

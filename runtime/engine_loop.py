@@ -1,0 +1,156 @@
+"""The engine thread: schedule -> forward -> process, forever, fed through a thread-safe inbox."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+
+from .model_runner import ModelRunner
+from .output_processor import OutputProcessor
+from .outputs import GenerateOutput, StreamChunk
+from .request import Request
+from .scheduler import Scheduler
+
+logger = logging.getLogger("loomlm.engine")
+
+Event = StreamChunk | GenerateOutput
+
+
+class EngineLoop:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.outputs = outputs
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loomlm-engine", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread --------------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        if self._stopping:
+            raise RuntimeError("the engine has been shut down")
+        self._inbox.put(("add", req))
+        self._wake.set()
+
+    def abort(self, rid: str) -> None:
+        self._inbox.put(("abort", rid))
+        self._wake.set()
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run `fn` on the engine thread between steps and return its result."""
+        done: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
+
+        def wrapped() -> None:
+            try:
+                done.put((True, fn()))
+            except BaseException as exc:  # handed back to the caller
+                done.put((False, exc))
+
+        self._inbox.put(("call", wrapped))
+        self._wake.set()
+        while True:
+            try:
+                ok, value = done.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the engine thread has stopped") from None
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the engine thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._drain_inbox()
+            if self._stopping:
+                for req in self.scheduler.abort_all("engine shut down"):
+                    self._emit(req)
+                self._drain_inbox()
+                return
+            if not self.scheduler.has_work():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            self._step()
+
+    def _step(self) -> None:
+        sched = self.scheduler
+        items = sched.schedule()
+        for req in sched.finished_unscheduled:
+            self._emit(req)
+        sched.finished_unscheduled.clear()
+        if not items:
+            if sched.waiting and not sched.running:
+                # Nothing runs, yet the head of the queue does not fit: it never will.
+                req = sched.waiting[0]
+                sched.abort(req.rid, "request does not fit in the KV pool")
+                self._emit(req)
+            return
+        try:
+            results = self.runner.forward(items)
+        except Exception as exc:  # a failed step aborts its requests, not the engine
+            logger.error("step failed: %s", traceback.format_exc())
+            for req in sched.fail(items, f"internal error: {type(exc).__name__}: {exc}"):
+                self._emit(req)
+            return
+        for req in sched.process(items, results):
+            self._emit(req)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, value = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self.scheduler.add(value)  # type: ignore[arg-type]
+            elif kind == "abort":
+                req = self.scheduler.abort(value)  # type: ignore[arg-type]
+                if req is not None:
+                    self._emit(req)
+            else:
+                value()  # type: ignore[operator]
+
+    def _emit(self, req: Request) -> None:
+        if req.status.finished:
+            self.outputs.finalize_text(req)
+            output = GenerateOutput.of(req)
+            event = self._chunk(req, len(req.text), output) if req.stream else output
+        elif req.stream:
+            hold = max((len(s) for s in req.params.stop), default=1) - 1
+            event = self._chunk(req, max(req.streamed_chars, len(req.text) - hold), None)
+            if not (event.text or event.token_ids):
+                return
+        else:
+            return
+        try:
+            req.on_event(event)
+        except Exception:  # a consumer that went away (closed event loop...) must not stop us
+            logger.warning("dropping an event for request %s: its consumer is gone", req.rid)
+            if not req.status.finished:
+                self.scheduler.abort(req.rid, "consumer gone")
+
+    @staticmethod
+    def _chunk(req: Request, text_end: int, output: GenerateOutput | None) -> StreamChunk:
+        # A streaming consumer never sees text that might still turn out to be a stop string.
+        text = req.text[req.streamed_chars : text_end]
+        ids = req.output_ids[req.streamed_ids :]
+        req.streamed_chars, req.streamed_ids = text_end, len(req.output_ids)
+        reason = output.finish_reason if output is not None else None
+        return StreamChunk(req.rid, text, ids, reason, output)

@@ -1,0 +1,195 @@
+"""ModelRunner: one forward pass of a scheduled batch, from token ids to sampled tokens."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .attention.base import AttentionBackend
+from .forward_context import ForwardBatch, forward_scope
+from .kv_pool import KVPool
+from .models.llama import LlamaForCausalLM
+from .request import Request
+from .sampler import Sampler, SamplingRow
+
+
+class ScheduledItem(NamedTuple):
+    """Request `req` computes fill positions [start, end) this step; `sample` if it then
+    picks its next token from the last of them."""
+
+    req: Request
+    start: int
+    end: int
+    sample: bool
+
+
+class ItemResult(NamedTuple):
+    next_id: int | None
+    logprob: float | None
+    top: list[tuple[float, int]] | None
+    # prompt entries completed this step: (logprob, token id) and optional top-k rows
+    prompt_logprobs: list[tuple[float, int]]
+    prompt_top: list[list[tuple[float, int]]]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: KVPool,
+        attention: AttentionBackend,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_pool = kv_pool
+        self.attention = attention
+        self.device = device
+        self.sampler = Sampler()
+        self.vocab_size = model.config.vocab_size
+
+    @torch.inference_mode()
+    def forward(self, items: list[ScheduledItem]) -> list[ItemResult]:
+        batch = self._build_batch(items)
+        self.attention.prepare(batch)
+        with forward_scope(batch):
+            hidden = self.model(batch.input_ids, batch.positions)  # [T, hidden]
+
+        # Which hidden rows need logits: prompt-logprob rows first, then one row per sampler.
+        prompt_rows: list[int] = []
+        prompt_targets: list[int] = []
+        prompt_spans: list[tuple[int, int]] = []
+        sample_rows: list[int] = []
+        sampling: list[SamplingRow] = []
+        offset = 0
+        for item in items:
+            first = len(prompt_rows)
+            for pos, target in _prompt_logprob_positions(item):
+                prompt_rows.append(offset + pos - item.start)
+                prompt_targets.append(target)
+            prompt_spans.append((first, len(prompt_rows)))
+            if item.sample:
+                sample_rows.append(offset + item.end - item.start - 1)
+                sampling.append(_sampling_row(item.req))
+            offset += item.end - item.start
+
+        wanted = torch.tensor(prompt_rows + sample_rows, dtype=torch.int64, device=self.device)
+        logits = self.model.logits(hidden[wanted]) if wanted.numel() else hidden.new_empty((0, 0))
+        prompt_logits, sample_logits = logits[: len(prompt_rows)], logits[len(prompt_rows) :]
+
+        top_k = max((i.req.logprob.top_k for i in items if i.req.logprob.enabled), default=0)
+        to_fetch: dict[str, torch.Tensor] = {}
+        if prompt_rows:
+            lp = torch.log_softmax(prompt_logits, dim=-1)
+            targets = torch.tensor(prompt_targets, device=self.device)
+            to_fetch["prompt_lp"] = lp.gather(1, targets[:, None]).squeeze(1)
+            if top_k:
+                to_fetch["prompt_top_lp"], to_fetch["prompt_top_ids"] = lp.topk(top_k, dim=-1)
+        if sampling:
+            want_lp = any(r.req.logprob.enabled for r in items if r.sample)
+            out = self.sampler(sample_logits, sampling, want_lp, top_k)
+            to_fetch["next_ids"] = out.next_ids
+            if out.logprobs is not None:
+                to_fetch["lp"] = out.logprobs
+            if out.top_logprobs is not None:
+                to_fetch["top_lp"], to_fetch["top_ids"] = out.top_logprobs, out.top_ids
+        host = _to_host(to_fetch)
+        return self._results(items, host, prompt_spans, prompt_targets)
+
+    def _build_batch(self, items: list[ScheduledItem]) -> ForwardBatch:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        table = self.kv_pool.slot_table
+        rows, prefix_lens, extend_lens, seq_lens = [], [], [], []
+        out_slots = []
+        for item in items:
+            input_ids.extend(item.req.fill_slice(item.start, item.end))
+            positions.extend(range(item.start, item.end))
+            rows.append(item.req.table_row)
+            prefix_lens.append(item.start)
+            extend_lens.append(item.end - item.start)
+            seq_lens.append(item.end)
+            out_slots.append(table[item.req.table_row, item.start : item.end])
+        device = self.device
+        return ForwardBatch(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            out_slots=torch.cat(out_slots).to(device),
+            table_rows=rows,
+            prefix_lens=prefix_lens,
+            extend_lens=extend_lens,
+            seq_lens=seq_lens,
+            slot_table=table,
+            kv_pool=self.kv_pool,
+            attention=self.attention,
+        )
+
+    @staticmethod
+    def _results(
+        items: list[ScheduledItem],
+        host: dict[str, list],
+        prompt_spans: list[tuple[int, int]],
+        prompt_targets: list[int],
+    ) -> list[ItemResult]:
+        results = []
+        sample_idx = 0
+        for item, (first, last) in zip(items, prompt_spans):
+            prompt_lp = [(host["prompt_lp"][j], prompt_targets[j]) for j in range(first, last)]
+            prompt_top = []
+            if "prompt_top_lp" in host and item.req.logprob.top_k:
+                k = item.req.logprob.top_k
+                prompt_top = [
+                    list(zip(host["prompt_top_lp"][j][:k], host["prompt_top_ids"][j][:k]))
+                    for j in range(first, last)
+                ]
+            next_id = lp = top = None
+            if item.sample:
+                next_id = host["next_ids"][sample_idx]
+                if "lp" in host:
+                    lp = host["lp"][sample_idx]
+                if "top_lp" in host and item.req.logprob.top_k:
+                    k = item.req.logprob.top_k
+                    top = list(zip(host["top_lp"][sample_idx][:k], host["top_ids"][sample_idx][:k]))
+                sample_idx += 1
+            results.append(ItemResult(next_id, lp, top, prompt_lp, prompt_top))
+        return results
+
+
+def _prompt_logprob_positions(item: ScheduledItem) -> list[tuple[int, int]]:
+    """(position whose logits score the next prompt token, that token) for this extend.
+
+    Entry k of a request's input logprobs scores prompt token start_len + k from the logits
+    at position start_len + k - 1 (entry 0 has none). Only entries not yet filled count, so
+    a request recomputed after preemption does not score its prompt twice.
+    """
+    req = item.req
+    if not req.wants_prompt_logprobs:
+        return []
+    prompt = req.prompt_ids
+    begin = req.logprob.start_len
+    next_entry = max(len(req.input_logprobs), 1)
+    first_pos = max(item.start, begin + next_entry - 1)
+    last_pos = min(item.end, len(prompt) - 1)  # the last prompt token scores nothing in it
+    return [(pos, prompt[pos + 1]) for pos in range(first_pos, last_pos)]
+
+
+def _sampling_row(req: Request) -> SamplingRow:
+    params = req.params
+    suppressed: frozenset[int] = frozenset()
+    if len(req.output_ids) < params.min_new_tokens:
+        suppressed = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else req.eos_ids
+        )
+    return SamplingRow(params, req.seed, req.prompt_ids, req.output_ids, suppressed)
+
+
+def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
+    """Bring every result to the host with one synchronisation for the whole step."""
+    if not tensors:
+        return {}
+    first = next(iter(tensors.values()))
+    if first.device.type == "cuda":
+        staged = {k: t.to("cpu", non_blocking=True) for k, t in tensors.items()}
+        torch.cuda.current_stream(first.device).synchronize()
+        tensors = staged
+    return {k: t.tolist() for k, t in tensors.items()}

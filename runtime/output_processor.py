@@ -1,0 +1,113 @@
+"""After each step: append sampled tokens, update text, and decide which requests are done."""
+
+from __future__ import annotations
+
+import time
+
+from .model_runner import ItemResult, ScheduledItem
+from .request import FinishReason, Request, RequestStatus
+
+
+class OutputProcessor:
+    def __init__(self, max_context: int, tokenizer: object | None) -> None:
+        self.max_context = max_context
+        self.tokenizer = tokenizer
+
+    def apply(self, item: ScheduledItem, res: ItemResult) -> None:
+        """Record one item's results in its request; finishes it when a stop rule fires."""
+        req = item.req
+        req.num_computed = item.end
+        self._record_prompt_logprobs(req, res)
+        if not item.sample:
+            if req.params.max_new_tokens == 0 and item.end == req.seq_len:
+                req.finish(RequestStatus.FINISHED_LENGTH, FinishReason("length", length=0))
+            return
+        token = res.next_id
+        req.output_ids.append(token)
+        if req.first_token_time is None:
+            req.first_token_time = time.perf_counter()
+        if req.logprob.enabled:
+            req.output_logprobs.append([res.logprob, token, self._text_of(req, token)])
+            if req.logprob.top_k:
+                req.output_top_logprobs.append(self._entries(req, res.top or []))
+        self._check_finish(req, token)
+
+    def _check_finish(self, req: Request, token: int) -> None:
+        params = req.params
+        produced = len(req.output_ids)
+        may_stop = produced >= params.min_new_tokens
+        if may_stop and token in params.stop_token_ids:
+            return self._finish_stop(req, token)
+        if may_stop and not params.ignore_eos and token in req.eos_ids:
+            return self._finish_stop(req, token)
+        if params.stop or req.stream:
+            self._advance_text(req)
+            if may_stop and params.stop and self._match_stop_string(req):
+                return
+        if produced >= params.max_new_tokens:
+            return self._finish(
+                req, RequestStatus.FINISHED_LENGTH, FinishReason("length", length=produced)
+            )
+        if req.seq_len >= self.max_context:
+            return self._finish(
+                req, RequestStatus.FINISHED_LENGTH, FinishReason("length", length=produced)
+            )
+
+    def _finish_stop(self, req: Request, token: int) -> None:
+        self._finish(req, RequestStatus.FINISHED_STOP, FinishReason("stop", matched=token))
+
+    def _finish(self, req: Request, status: RequestStatus, reason: FinishReason) -> None:
+        req.finish(status, reason)
+
+    def finalize_text(self, req: Request) -> None:
+        """Decode whatever output the request's text does not cover yet (it has ended)."""
+        self._advance_text(req, final=True)
+
+    def _advance_text(self, req: Request, final: bool = False) -> None:
+        if req.detokenizer is None:
+            return
+        new_ids = req.output_ids[req.detokenized_ids :]
+        req.detokenized_ids = len(req.output_ids)
+        req.text += req.detokenizer.flush(new_ids) if final else req.detokenizer.step(new_ids)
+
+    def _match_stop_string(self, req: Request) -> bool:
+        text = req.text
+        longest = max(len(s) for s in req.params.stop)
+        # Only the tail can hold a new match: earlier text was checked in earlier steps.
+        window_start = max(0, req.stop_checked_chars - longest + 1)
+        best: tuple[int, str] | None = None
+        for s in req.params.stop:
+            at = text.find(s, window_start)
+            if at != -1 and (best is None or at < best[0]):
+                best = (at, s)
+        req.stop_checked_chars = len(text)
+        if best is None:
+            return False
+        at, s = best
+        req.text = text[: at + len(s)] if req.params.no_stop_trim else text[:at]
+        req.finish(RequestStatus.FINISHED_STOP, FinishReason("stop", matched=s))
+        return True
+
+    def _record_prompt_logprobs(self, req: Request, res: ItemResult) -> None:
+        if not req.wants_prompt_logprobs:
+            return
+        with_top = req.logprob.top_k > 0
+        if not req.input_logprobs:  # entry 0 scores nothing (SGLang's null first entry)
+            first = req.prompt_ids[req.logprob.start_len]
+            req.input_logprobs.append([None, first, self._text_of(req, first)])
+            if with_top:
+                req.input_top_logprobs.append(None)
+        for (lp, token), top in zip(
+            res.prompt_logprobs, res.prompt_top or [None] * len(res.prompt_logprobs)
+        ):
+            req.input_logprobs.append([lp, token, self._text_of(req, token)])
+            if with_top:
+                req.input_top_logprobs.append(self._entries(req, top or []))
+
+    def _entries(self, req: Request, pairs: list[tuple[float, int]]) -> list[list]:
+        return [[lp, t, self._text_of(req, t)] for lp, t in pairs]
+
+    def _text_of(self, req: Request, token: int) -> str | None:
+        if not req.logprob.with_text or self.tokenizer is None:
+            return None
+        return self.tokenizer.decode([token])

@@ -1,0 +1,119 @@
+"""Request: everything one generation owns, from arrival to finish."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .detokenizer import IncrementalDetokenizer
+from .sampling_params import SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    """Ordered: everything at or above FINISHED_STOP is final."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOP = 3
+    FINISHED_LENGTH = 4
+    FINISHED_ABORT = 5
+
+    @property
+    def finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOP
+
+
+class FinishReason(NamedTuple):
+    """Why a request ended, in SGLang's shape (see `to_dict`)."""
+
+    type: str  # "stop" | "length" | "abort"
+    matched: str | int | None = None
+    length: int | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "stop":
+            return {"type": "stop", "matched": self.matched}
+        if self.type == "length":
+            return {"type": "length", "length": self.length}
+        return {"type": "abort", "message": self.message, "status_code": None, "err_type": None}
+
+
+# [logprob or None, token id, token text or None], as SGLang lays out logprob entries.
+LogprobEntry = list
+
+
+@dataclass(slots=True)
+class LogprobRequest:
+    """What logprobs a request asked for."""
+
+    enabled: bool = False
+    start_len: int = -1  # first prompt position to score; -1: none (output only)
+    top_k: int = 0
+    with_text: bool = False
+
+
+@dataclass(slots=True)
+class Request:
+    rid: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    eos_ids: frozenset[int]
+    seed: int
+    detokenizer: IncrementalDetokenizer | None
+    on_event: Callable[[Any], None]  # receives StreamChunk | GenerateOutput
+    logprob: LogprobRequest = field(default_factory=LogprobRequest)
+    stream: bool = False
+    output_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    finish_reason: FinishReason | None = None
+    # KV bookkeeping: `table_row` is this request's row in the pool's slot table, and the
+    # first `num_computed` tokens of `fill_ids` have their KV there.
+    table_row: int | None = None
+    num_computed: int = 0
+    cached_tokens: int = 0
+    num_preemptions: int = 0
+    # logprobs, filled as they are computed
+    input_logprobs: list[LogprobEntry] = field(default_factory=list)
+    output_logprobs: list[LogprobEntry] = field(default_factory=list)
+    input_top_logprobs: list[list[LogprobEntry] | None] = field(default_factory=list)
+    output_top_logprobs: list[list[LogprobEntry]] = field(default_factory=list)
+    text: str = ""
+    detokenized_ids: int = 0  # output tokens already fed to the detokenizer
+    stop_checked_chars: int = 0  # text already searched for stop strings
+    streamed_chars: int = 0
+    streamed_ids: int = 0
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token whose KV the request needs: the prompt, then its output so far."""
+        return self.prompt_ids + self.output_ids
+
+    def fill_slice(self, start: int, end: int) -> list[int]:
+        """fill_ids[start:end] without building fill_ids (decode reads one token per step)."""
+        n = len(self.prompt_ids)
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        if end <= n:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.output_ids[: end - n]
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.logprob.enabled and 0 <= self.logprob.start_len < len(self.prompt_ids)
+
+    def finish(self, status: RequestStatus, reason: FinishReason) -> None:
+        self.status = status
+        self.finish_reason = reason
+        self.finish_time = time.perf_counter()
