@@ -81,9 +81,10 @@ class Sampler:
         out_counts = _counts([r.output_ids for r in rows], batch, vocab, device)
         freq = torch.tensor([r.params.frequency_penalty for r in rows], device=device)
         pres = torch.tensor([r.params.presence_penalty for r in rows], device=device)
-        rep = torch.tensor([r.params.repetition_penalty for r in rows], device=device)
+        rep_values = [r.params.repetition_penalty for r in rows]
         logits = logits - freq[:, None] * out_counts - pres[:, None] * (out_counts > 0)
-        if bool((rep != 1.0).any()):
+        if any(v != 1.0 for v in rep_values):  # decided on the host: no device sync
+            rep = torch.tensor(rep_values, device=device)
             # Repetition penalty (as in transformers and vLLM) covers prompt and output tokens.
             seen = _counts([r.prompt_ids + r.output_ids for r in rows], batch, vocab, device) > 0
             penalised = torch.where(logits > 0, logits / rep[:, None], logits * rep[:, None])

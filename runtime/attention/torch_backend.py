@@ -1,9 +1,10 @@
 """Reference attention over the paged pool with torch's scaled_dot_product_attention.
 
-Runs on CPU and GPU alike. Decode steps (one new token per request) gather every request's
-keys into one padded [B, L, Hkv, D] block and run a single batched attention; steps that
-extend prompts attend request by request, with the causal mask shifted by each request's
-cached prefix.
+Runs on CPU and GPU alike. Decode steps (one new token per request) run batched attention
+over padded slot blocks (`paged_decode`): requests are grouped by context length so that each
+group is padded only to its own longest (bounded waste) at the price of one call per group. Steps
+that extend prompts attend request by request, with the causal mask shifted by each
+request's cached prefix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ import torch.nn.functional as F
 
 from ..forward_context import ForwardBatch
 from .base import AttentionBackend
+from .paged_decode import paged_decode
+
+# A decode group admits a request while its context is at most this multiple of the
+# group's shortest: padding then wastes under 30% of the gathered keys.
+GROUP_LENGTH_RATIO = 1.3
+
+
+class _DecodeGroup(NamedTuple):
+    members: torch.Tensor | None  # [G] batch positions of the group; None: the whole batch
+    slots: torch.Tensor  # [G, L] slots, padded per request to the group's longest
+    lo: torch.Tensor  # [G] first visible key position (sliding window)
+    hi: torch.Tensor  # [G] one past the last (the context length)
 
 
 class _Extend(NamedTuple):
@@ -33,33 +46,55 @@ class TorchAttention(AttentionBackend):
         self.num_kv_heads = num_kv_heads
         self.scale = head_dim**-0.5
         self.sliding_window = sliding_window
-        self._decode_slots: torch.Tensor | None = None
-        self._decode_mask: torch.Tensor | None = None
+        self._groups: list[_DecodeGroup] = []
+        self._restore: torch.Tensor | None = None  # undoes the grouping's reordering
         self._extends: list[_Extend] = []
 
     def prepare(self, batch: ForwardBatch) -> None:
-        device = batch.input_ids.device
-        table = batch.slot_table
+        self._groups, self._restore, self._extends = [], None, []
         if batch.is_decode:
-            rows = torch.tensor(batch.table_rows, dtype=torch.int64)
-            seq_lens = torch.tensor(batch.seq_lens, dtype=torch.int64)
-            longest = max(batch.seq_lens)
-            # Padding entries point at whatever slot the row held before; the mask hides them.
-            self._decode_slots = table[rows, :longest].to(device)  # [B, L]
-            key_pos = torch.arange(longest)
-            valid = key_pos[None, :] < seq_lens[:, None]
+            self._prepare_decode(batch)
+        else:
+            self._prepare_extend(batch)
+
+    def _prepare_decode(self, batch: ForwardBatch) -> None:
+        device = batch.input_ids.device
+        lens = batch.seq_lens
+        order = sorted(range(len(lens)), key=lens.__getitem__)
+        members: list[list[int]] = []
+        for i in order:
+            if members and lens[i] <= GROUP_LENGTH_RATIO * lens[members[-1][0]]:
+                members[-1].append(i)
+            else:
+                members.append([i])
+        whole = len(members) == 1
+        for group in members:
+            if whole:
+                group = list(range(len(lens)))  # keep batch order: no reordering needed
+            rows = torch.tensor([batch.table_rows[i] for i in group], dtype=torch.int64)
+            seq = torch.tensor([lens[i] for i in group], dtype=torch.int64)
+            longest = int(seq.max())
+            # Padding entries point at whatever slot the row held before: always a valid
+            # slot, hidden by [lo, hi).
+            slots = batch.slot_table[rows, :longest].to(device)
+            lo = torch.zeros_like(seq)
             if self.sliding_window is not None:
-                valid &= key_pos[None, :] > (seq_lens[:, None] - 1 - self.sliding_window)
-            self._decode_mask = valid[:, None, None, :].to(device)  # [B, 1, 1, L]
-            self._extends = []
-            return
-        self._decode_slots = self._decode_mask = None
-        extends = []
+                lo = (seq - self.sliding_window).clamp_(min=0)
+            idx = None if whole else torch.tensor(group, dtype=torch.int64, device=device)
+            self._groups.append(_DecodeGroup(idx, slots, lo.to(device), seq.to(device)))
+        if not whole:
+            flat_order = [i for group in members for i in group]
+            restore = torch.empty(len(flat_order), dtype=torch.int64)
+            restore[torch.tensor(flat_order)] = torch.arange(len(flat_order))
+            self._restore = restore.to(device)
+
+    def _prepare_extend(self, batch: ForwardBatch) -> None:
+        device = batch.input_ids.device
         start = 0
         for row, prefix, extend, seq in zip(
             batch.table_rows, batch.prefix_lens, batch.extend_lens, batch.seq_lens
         ):
-            slots = table[row, :seq].to(device)
+            slots = batch.slot_table[row, :seq].to(device)
             mask = None
             is_causal = extend > 1
             if self.sliding_window is not None or (prefix > 0 and extend > 1):
@@ -69,9 +104,8 @@ class TorchAttention(AttentionBackend):
                 if self.sliding_window is not None:
                     allowed &= k_pos > q_pos - self.sliding_window
                 mask, is_causal = allowed.to(device), False
-            extends.append(_Extend(start, start + extend, slots, mask, is_causal))
+            self._extends.append(_Extend(start, start + extend, slots, mask, is_causal))
             start += extend
-        self._extends = extends
 
     def forward(
         self,
@@ -85,19 +119,27 @@ class TorchAttention(AttentionBackend):
         v_cache = batch.kv_pool.v[layer_id]
         k_cache.index_copy_(0, batch.out_slots, k)
         v_cache.index_copy_(0, batch.out_slots, v)
-        gqa = self.num_heads != self.num_kv_heads
-        if self._decode_slots is not None:
-            keys = k_cache[self._decode_slots].transpose(1, 2)  # [B, Hkv, L, D]
-            values = v_cache[self._decode_slots].transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q.unsqueeze(2),  # [B, H, 1, D]
-                keys,
-                values,
-                attn_mask=self._decode_mask,
-                scale=self.scale,
-                enable_gqa=gqa,
+        if self._groups:
+            return self._decode(q, k_cache, v_cache)
+        return self._extend(q, k_cache, v_cache)
+
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        outs = []
+        for group in self._groups:
+            queries = q if group.members is None else q.index_select(0, group.members)
+            outs.append(  # [G, H, D]
+                paged_decode(queries, k_cache, v_cache, group.slots, group.lo, group.hi, self.scale)
             )
-            return out.squeeze(2)  # [B, H, D]
+        if self._restore is None:
+            return outs[0]
+        return torch.cat(outs).index_select(0, self._restore)
+
+    def _extend(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> torch.Tensor:
+        gqa = self.num_heads != self.num_kv_heads
         out = torch.empty_like(q)
         for ext in self._extends:
             keys = k_cache.index_select(0, ext.context_slots).transpose(0, 1)  # [Hkv, S, D]

@@ -1,0 +1,39 @@
+"""The benchmark model: a random-weight Llama made with transformers and cached on disk.
+
+Speed does not depend on the values of the weights, so a random model of a realistic shape
+stands in where no real checkpoint of that shape is at hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BENCH_SHAPE = dict(
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def bench_model_dir(cache: str | Path | None = None) -> Path:
+    """Create (once) and return the hidden-768, 12-layer float32 Llama checkpoint."""
+    root = Path(cache or os.environ.get("LOOMLM_BENCH_CACHE", Path.home() / ".cache" / "loomlm"))
+    path = root / "llama-h768-l12-v32000-f32"
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**BENCH_SHAPE)).float()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    return path
