@@ -120,6 +120,7 @@ class Engine:
         attention = TorchAttention(
             config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window
         )
+        attention.warm_up(self.device, self.dtype)
         self.runner = ModelRunner(self.model, self.kv_pool, attention, self.device)
         self.outputs = OutputProcessor(self.max_context, self.tokenizer)
         self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.outputs)
@@ -197,18 +198,7 @@ class Engine:
         self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
     ) -> GenerateOutput | list[GenerateOutput]:
         """`generate` for asyncio: awaits without blocking the event loop."""
-        specs, single = self._specs(
-            prompt,
-            kwargs.pop("input_ids", None),
-            sampling_params,
-            kwargs.pop("return_logprob", False),
-            kwargs.pop("logprob_start_len", None),
-            kwargs.pop("top_logprobs_num", None),
-            kwargs.pop("return_text_in_logprobs", False),
-            kwargs.pop("rid", None),
-        )
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        specs, single = self._specs_from(prompt, sampling_params, kwargs)
         inbox: asyncio.Queue[Event] = asyncio.Queue()
         put = _threadsafe_put(inbox)
         for spec in specs:
@@ -278,19 +268,34 @@ class Engine:
             loop.stop()
 
     # -- internals ---------------------------------------------------------------------------
-    def _single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
-        specs, single = self._specs(
-            prompt,
-            kwargs.pop("input_ids", None),
-            sampling_params,
-            kwargs.pop("return_logprob", False),
-            kwargs.pop("logprob_start_len", None),
-            kwargs.pop("top_logprobs_num", None),
-            kwargs.pop("return_text_in_logprobs", False),
-            kwargs.pop("rid", None),
+    def _specs_from(
+        self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
+    ) -> tuple[list[RequestSpec], bool]:
+        """`_specs` for the methods that take generate's keyword arguments as **kwargs."""
+        known = (
+            "input_ids",
+            "return_logprob",
+            "logprob_start_len",
+            "top_logprobs_num",
+            "return_text_in_logprobs",
+            "rid",
         )
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(unknown)}")
+        return self._specs(
+            prompt,
+            kwargs.get("input_ids"),
+            sampling_params,
+            kwargs.get("return_logprob", False),
+            kwargs.get("logprob_start_len"),
+            kwargs.get("top_logprobs_num"),
+            kwargs.get("return_text_in_logprobs", False),
+            kwargs.get("rid"),
+        )
+
+    def _single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
+        specs, single = self._specs_from(prompt, sampling_params, kwargs)
         if not single or len(specs) != 1:
             raise ValueError("prompt: streaming takes one prompt with n == 1")
         return specs[0]

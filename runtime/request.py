@@ -72,7 +72,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     # KV bookkeeping: `table_row` is this request's row in the pool's slot table, and the
-    # first `num_computed` tokens of `fill_ids` have their KV there.
+    # first `num_computed` tokens of prompt + output have their KV there.
     table_row: int | None = None
     num_computed: int = 0
     cached_tokens: int = 0
@@ -91,13 +91,9 @@ class Request:
     first_token_time: float | None = None
     finish_time: float | None = None
 
-    @property
-    def fill_ids(self) -> list[int]:
-        """Every token whose KV the request needs: the prompt, then its output so far."""
-        return self.prompt_ids + self.output_ids
-
     def fill_slice(self, start: int, end: int) -> list[int]:
-        """fill_ids[start:end] without building fill_ids (decode reads one token per step)."""
+        """(prompt + output)[start:end] without building the whole list: the "fill" is every
+        token whose KV the request needs, and decode reads one of them per step."""
         n = len(self.prompt_ids)
         if start >= n:
             return self.output_ids[start - n : end - n]

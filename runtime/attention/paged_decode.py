@@ -103,3 +103,25 @@ def paged_decode(
         _compile_failed = True
         logger.warning("compiled decode attention unavailable, using the eager path: %s", exc)
         return paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, scale)
+
+
+def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
+    """Compile now, for every size specialisation, rather than during someone's request.
+
+    torch.compile(dynamic=True) still specialises dimensions of size 1, so batch 1 and
+    length 1 each get their own kernel; after this, no shape seen in serving compiles.
+    """
+    if _compile_failed:
+        return
+    k_cache = torch.zeros(4, num_kv_heads, head_dim, dtype=dtype)
+    for batch in (1, 2):
+        for length in (1, 2):
+            paged_decode(
+                torch.zeros(batch, num_heads, head_dim, dtype=dtype),
+                k_cache,
+                k_cache,
+                torch.zeros(batch, length, dtype=torch.int64),
+                torch.zeros(batch, dtype=torch.int64),
+                torch.full((batch,), length, dtype=torch.int64),
+                1.0,
+            )

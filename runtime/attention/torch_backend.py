@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..forward_context import ForwardBatch
 from .base import AttentionBackend
 from .paged_decode import paged_decode
+from .paged_decode import warm_up as paged_decode_warm_up
 
 # A decode group admits a request while its context is at most this multiple of the
 # group's shortest: padding then wastes under 30% of the gathered keys.
@@ -44,11 +45,17 @@ class TorchAttention(AttentionBackend):
     ) -> None:
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
         self.scale = head_dim**-0.5
         self.sliding_window = sliding_window
         self._groups: list[_DecodeGroup] = []
         self._restore: torch.Tensor | None = None  # undoes the grouping's reordering
         self._extends: list[_Extend] = []
+
+    def warm_up(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Build the compiled decode kernels before serving (CPU only; GPU runs eager)."""
+        if device.type == "cpu":
+            paged_decode_warm_up(self.num_heads, self.num_kv_heads, self.head_dim, dtype)
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []

@@ -63,6 +63,24 @@ def main(args: argparse.Namespace) -> None:
     )
     rows: list[dict] = []
 
+    # vLLM first: it is the slowest to start and the likeliest to fail; a failure is reported.
+    vllm: list[tuple[Timing, float]] | None = None
+    if args.vllm_python:
+        before = machine_load.sample()
+        try:
+            timings = run_vllm(args.vllm_python, model_dir, works, torch.get_num_threads())
+        except RuntimeError as exc:
+            print(f"vLLM run failed: {exc}", file=sys.stderr)
+        else:
+            load = machine_load.foreign_cores(before, machine_load.sample())
+            vllm = [(t, load) for t in timings]
+            for w, t in zip(works, timings):
+                print(
+                    f"  .. vLLM, {w.name}: {t.tokens_per_s:.1f} tok/s in {t.seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
     engine = Engine(
         model_dir,
         dtype="float32",
@@ -90,13 +108,6 @@ def main(args: argparse.Namespace) -> None:
         f"transformers, {works[1].name}", lambda: run_transformers(hf, works[1], 1)
     )
     hf = None  # free its memory before vLLM starts
-
-    vllm: list[tuple[Timing, float]] | None = None
-    if args.vllm_python:
-        before = machine_load.sample()
-        timings = run_vllm(args.vllm_python, model_dir, works, torch.get_num_threads())
-        load = machine_load.foreign_cores(before, machine_load.sample())
-        vllm = [(t, load) for t in timings]
 
     print()
     for i, work in enumerate(works):
