@@ -4,8 +4,9 @@ The eager path (`paged_decode_reference`) gathers every request's keys and value
 padded copy and runs SDPA on it: on a CPU that reads the KV cache, writes it again and reads
 the copy back, and decode is memory-bound. Written as plain tensor algebra and compiled by
 torch inductor, the gather is fused into the reductions as indirect loads, so each key and
-value is read once. `paged_decode` uses the compiled kernel on CPU and falls back to the
-reference (with a warning, once) where compilation is unavailable.
+value is read once. `paged_decode` uses the compiled kernel on CPU when the gather it saves
+is large, and falls back to the reference (with a warning, once) where compilation is
+unavailable.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ _compile_failed = os.environ.get("LOOMLM_DISABLE_COMPILE", "") not in ("", "0")
 _lock = threading.Lock()
 
 
+# Below this many bytes of gathered keys the copy is cheap and the compiled call's fixed
+# cost (guards and dispatch, ~0.2 ms measured on the benchmark machine) does not pay off.
+COMPILED_MIN_BYTES = 2 << 20
+
+
 def paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -90,8 +96,24 @@ def paged_decode(
     assert q.shape[0] == slots.shape[0] == lo.shape[0] == hi.shape[0], "batch sizes differ"
     assert q.shape[1] % k_cache.shape[1] == 0 and q.shape[2] == k_cache.shape[2], "bad heads"
     assert slots.dtype == torch.int64, "slots must be int64"
+    gathered = slots.numel() * k_cache.shape[1] * k_cache.shape[2] * k_cache.element_size()
+    if q.device.type != "cpu" or _compile_failed or gathered < COMPILED_MIN_BYTES:
+        return paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, scale)
+    return paged_decode_compiled(q, k_cache, v_cache, slots, lo, hi, scale)
+
+
+def paged_decode_compiled(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """The inductor-compiled kernel (falls back to the reference if compilation fails)."""
     global _compiled, _compile_failed
-    if q.device.type != "cpu" or _compile_failed:
+    if _compile_failed:
         return paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, scale)
     try:
         if _compiled is None:
@@ -116,7 +138,7 @@ def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
     k_cache = torch.zeros(4, num_kv_heads, head_dim, dtype=dtype)
     for batch in (1, 2):
         for length in (1, 2):
-            paged_decode(
+            paged_decode_compiled(
                 torch.zeros(batch, num_heads, head_dim, dtype=dtype),
                 k_cache,
                 k_cache,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from loomlm.runtime.attention.paged_decode import paged_decode, paged_decode_reference
+from loomlm.runtime.attention.paged_decode import (
+    paged_decode,
+    paged_decode_compiled,
+    paged_decode_reference,
+)
 
 
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (8, 2)])
@@ -18,13 +22,13 @@ def test_compiled_matches_reference(heads, kv_heads, window):
     slots = torch.randperm(slots_total, generator=g)[: 4 * 40].view(4, 40)
     lo = torch.zeros_like(lens) if window is None else (lens - window).clamp(min=0)
     q = torch.randn(4, heads, dim, generator=g)
-    ours = paged_decode(q, k_cache, v_cache, slots, lo, lens, 0.25)
+    ours = paged_decode_compiled(q, k_cache, v_cache, slots, lo, lens, 0.25)
     ref = paged_decode_reference(q, k_cache, v_cache, slots, lo, lens, 0.25)
     assert ours.shape == (4, heads, dim)
     assert torch.allclose(ours, ref, atol=1e-5)
     # Changing a key outside a request's visible range must not change its output.
     k_cache[slots[0, 1]] += 100.0
-    again = paged_decode(q, k_cache, v_cache, slots, lo, lens, 0.25)
+    again = paged_decode_compiled(q, k_cache, v_cache, slots, lo, lens, 0.25)
     assert torch.allclose(again[0], ours[0], atol=1e-6)
 
 
@@ -39,3 +43,17 @@ def test_shape_checks():
             torch.ones(1, dtype=torch.int64),
             1.0,
         )
+
+
+def test_dispatch_uses_the_reference_for_small_gathers_and_agrees_on_large():
+    g = torch.Generator().manual_seed(1)
+    k_cache = torch.randn(9000, 4, 64, generator=g)
+    v_cache = torch.randn(9000, 4, 64, generator=g)
+    q = torch.randn(8, 4, 64, generator=g)
+    slots = torch.randperm(9000, generator=g)[: 8 * 1000].view(8, 1000)  # 8 MB of keys
+    lens = torch.tensor([1000, 990, 700, 999, 800, 1000, 512, 640])
+    lo = torch.zeros_like(lens)
+    big = paged_decode(q, k_cache, v_cache, slots, lo, lens, 0.125)
+    assert torch.allclose(
+        big, paged_decode_reference(q, k_cache, v_cache, slots, lo, lens, 0.125), atol=1e-5
+    )
