@@ -9,16 +9,19 @@ import pytest
 import torch
 from loomlm.runtime import Engine, SamplingParams
 
-from .checkpoints import VARIANTS, hf_model, make_checkpoint
+from .checkpoints import VARIANTS, default_model_dir, hf_model, make_checkpoint
 from .helpers import hf_greedy, hf_logits, our_prompt_logits, prompts_of_lengths
 
 GREEDY_32 = SamplingParams(max_new_tokens=32, temperature=0, ignore_eos=True)
 LENGTHS = [3, 17, 40, 9, 64, 1, 25, 33, 50]
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=["tinystories-260k", *VARIANTS])
 def variant(request, tmp_path_factory):
-    path = make_checkpoint(tmp_path_factory.mktemp("ckpt"), request.param)
+    if request.param == "tinystories-260k":  # the shipped, genuinely pretrained model
+        path = default_model_dir()
+    else:
+        path = make_checkpoint(tmp_path_factory.mktemp("ckpt"), request.param)
     engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=4096)
     yield request.param, path, hf_model(path), engine
     engine.shutdown()
