@@ -77,9 +77,10 @@ _compile_failed = os.environ.get("LOOMLM_DISABLE_COMPILE", "") not in ("", "0")
 _lock = threading.Lock()
 
 
-# Below this many bytes of gathered keys the copy is cheap and the compiled call's fixed
-# cost (guards and dispatch, ~0.2 ms measured on the benchmark machine) does not pay off.
-COMPILED_MIN_BYTES = 2 << 20
+# Below this many bytes of gathered keys, moving them is cheap and fixed per-call costs
+# dominate: the compiled call's guards and dispatch (~0.2 ms measured on the benchmark
+# machine) do not pay off, and neither do extra calls to save padding.
+LARGE_GATHER_BYTES = 2 << 20
 
 
 def paged_decode(
@@ -97,7 +98,7 @@ def paged_decode(
     assert q.shape[1] % k_cache.shape[1] == 0 and q.shape[2] == k_cache.shape[2], "bad heads"
     assert slots.dtype == torch.int64, "slots must be int64"
     gathered = slots.numel() * k_cache.shape[1] * k_cache.shape[2] * k_cache.element_size()
-    if q.device.type != "cpu" or _compile_failed or gathered < COMPILED_MIN_BYTES:
+    if q.device.type != "cpu" or _compile_failed or gathered < LARGE_GATHER_BYTES:
         return paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, scale)
     return paged_decode_compiled(q, k_cache, v_cache, slots, lo, hi, scale)
 

@@ -1,8 +1,9 @@
 """Reference attention over the paged pool with torch's scaled_dot_product_attention.
 
 Runs on CPU and GPU alike. Decode steps (one new token per request) run batched attention
-over padded slot blocks (`paged_decode`): requests are grouped by context length so that each
-group is padded only to its own longest (bounded waste) at the price of one call per group. Steps
+over padded slot blocks (`paged_decode`). When the padded block is large, requests are
+grouped by context length so that each group is padded only to its own longest (bounded
+waste) at the price of one call per group; small blocks stay whole, as calls cost more. Steps
 that extend prompts attend request by request, with the causal mask shifted by each
 request's cached prefix.
 """
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..forward_context import ForwardBatch
 from .base import AttentionBackend
-from .paged_decode import paged_decode
+from .paged_decode import LARGE_GATHER_BYTES, paged_decode
 from .paged_decode import warm_up as paged_decode_warm_up
 
 # A decode group admits a request while its context is at most this multiple of the
@@ -67,13 +68,16 @@ class TorchAttention(AttentionBackend):
     def _prepare_decode(self, batch: ForwardBatch) -> None:
         device = batch.input_ids.device
         lens = batch.seq_lens
-        order = sorted(range(len(lens)), key=lens.__getitem__)
-        members: list[list[int]] = []
-        for i in order:
-            if members and lens[i] <= GROUP_LENGTH_RATIO * lens[members[-1][0]]:
-                members[-1].append(i)
-            else:
-                members.append([i])
+        pool = batch.kv_pool.k
+        key_bytes = pool.shape[2] * pool.shape[3] * pool.element_size()
+        members: list[list[int]] = [list(range(len(lens)))]
+        if len(lens) * max(lens) * key_bytes >= LARGE_GATHER_BYTES:  # padding is worth saving
+            members = []
+            for i in sorted(range(len(lens)), key=lens.__getitem__):
+                if members and lens[i] <= GROUP_LENGTH_RATIO * lens[members[-1][0]]:
+                    members[-1].append(i)
+                else:
+                    members.append([i])
         whole = len(members) == 1
         for group in members:
             if whole:
