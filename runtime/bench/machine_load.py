@@ -37,3 +37,15 @@ def foreign_cores(before: LoadSample, after: LoadSample) -> float:
     wall = max(after.wall - before.wall, 1e-9)
     other = (after.machine_busy - before.machine_busy) - (after.ours - before.ours)
     return max(0.0, other / wall)
+
+
+def wait_until_quiet(max_seconds: float = 60.0, threshold: float = 0.05) -> float:
+    """Wait until other processes use under `threshold` cores over a 2 s window (e.g. a
+    peer engine's worker processes exiting); returns the last foreign load seen."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        before = sample()
+        time.sleep(2.0)
+        load = foreign_cores(before, sample())
+        if load < threshold or time.perf_counter() > deadline:
+            return load

@@ -74,6 +74,8 @@ def main(args: argparse.Namespace) -> None:
         else:
             load = machine_load.foreign_cores(before, machine_load.sample())
             vllm = [(t, load) for t in timings]
+            # Its engine-core processes may still be exiting; measure nothing until quiet.
+            machine_load.wait_until_quiet()
             for w, t in zip(works, timings):
                 print(
                     f"  .. vLLM, {w.name}: {t.tokens_per_s:.1f} tok/s in {t.seconds:.1f} s",
