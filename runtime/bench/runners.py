@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,12 +103,6 @@ def run_vllm(python: str, model_dir: Path, works: list[Workload], threads: int) 
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {
         "PYTHONUNBUFFERED": "1"
     }
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: python -m loomlm.runtime.bench offline")
