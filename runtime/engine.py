@@ -43,11 +43,17 @@ from .models.config import ModelConfig
 from .models.loader import load_model, resolve_dtype, resolve_model_dir
 from .output_processor import OutputProcessor
 from .outputs import GenerateOutput, StreamChunk
+from .prefix_cache import NoPrefixCache
+from .radix_cache import RadixCache
 from .request import Request
 from .scheduler import Scheduler, SchedulerConfig
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger("loomlm.engine")
+
+# Prompt tokens per step when a long prompt is split (chunked prefill). On a CPU a step of
+# this many prompt tokens next to a batch of decodes costs a few decode steps' time.
+DEFAULT_CHUNKED_PREFILL_SIZE = 256
 
 
 class Engine:
@@ -62,6 +68,12 @@ class Engine:
         mem_fraction: share of free (host or device) memory the KV pool may take.
         max_running_requests: most requests decoding at once.
         max_prefill_tokens: per-step token budget for prompt tokens.
+        chunked_prefill_size: largest piece of a prompt computed in one step; longer prompts
+            are split across steps and mixed with the running decodes (Sarathi-Serve), which
+            then never stall for a whole long prompt. None or -1 turns chunking off.
+        schedule_policy: the order of waiting requests: "lpm" (longest cached prefix first),
+            "dfs-weight" (SGLang's radix-tree walk) or "fcfs" (arrival order).
+        disable_radix_cache: compute every prompt in full and keep no KV after a request.
         context_length: override the model's maximum context.
         tokenizer: a tokenizer directory (default: the model's); `skip_tokenizer_init=True`
             runs on token ids only.
@@ -77,6 +89,9 @@ class Engine:
         mem_fraction: float | None = None,
         max_running_requests: int = 256,
         max_prefill_tokens: int = 8192,
+        chunked_prefill_size: int | None = DEFAULT_CHUNKED_PREFILL_SIZE,
+        schedule_policy: str = "lpm",
+        disable_radix_cache: bool = False,
         context_length: int | None = None,
         tokenizer: str | Path | None = None,
         skip_tokenizer_init: bool = False,
@@ -97,7 +112,11 @@ class Engine:
         )
         self.model = load_model(self.model_dir, config, self.dtype, self.device)
 
-        scheduler_config = SchedulerConfig(max_running_requests, max_prefill_tokens)
+        if chunked_prefill_size is not None and chunked_prefill_size == -1:
+            chunked_prefill_size = None
+        scheduler_config = SchedulerConfig(
+            max_running_requests, max_prefill_tokens, chunked_prefill_size, schedule_policy
+        )
         slots = kv_slots_for(
             config,
             self.dtype,
@@ -123,7 +142,9 @@ class Engine:
         attention.warm_up(self.device, self.dtype)
         self.runner = ModelRunner(self.model, self.kv_pool, attention, self.device)
         self.outputs = OutputProcessor(self.max_context, self.tokenizer)
-        self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.outputs)
+        cache_type = NoPrefixCache if disable_radix_cache else RadixCache
+        self.prefix_cache = cache_type(self.kv_pool.free)
+        self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.prefix_cache, self.outputs)
         self.eos_ids = frozenset(config.eos_token_ids)
         self.limits = Limits(config.vocab_size, self.max_context, slots)
         self._rng = random.Random(seed)
@@ -235,21 +256,36 @@ class Engine:
         self._loop.abort(rid)
 
     # -- inspection and lifecycle ------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
-        def read() -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
+        """Counters since start. `kv_slots_free` excludes `cached_tokens` (slots the prefix
+        cache keeps, freed on demand); `cache_hit_rate` is the share of admitted prompt
+        tokens read from the cache."""
+
+        def read() -> dict[str, int | float]:
             s = self.scheduler.stats
+            cache = self.prefix_cache
             return {
                 "kv_slots_total": self.kv_pool.num_slots,
                 "kv_slots_free": self.kv_pool.num_free(),
-                "num_running": len(self.scheduler.running),
+                "num_running": self.scheduler.num_running,
                 "num_waiting": len(self.scheduler.waiting),
                 "num_preemptions": s.num_preemptions,
                 "num_steps": s.num_steps,
                 "prompt_tokens": s.prompt_tokens,
                 "generated_tokens": s.generated_tokens,
+                "cached_tokens": cache.size,
+                "cached_tokens_evictable": cache.evictable_size,
+                "cache_hit_tokens": s.cache_hit_tokens,
+                "cache_query_tokens": s.cache_query_tokens,
+                "cache_hit_rate": s.cache_hit_rate,
+                "evicted_tokens": cache.evicted_tokens,
             }
 
         return self._loop.call(read)  # type: ignore[return-value]
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache. Refused (returns False) while requests are in flight."""
+        return self._loop.call(self.scheduler.flush_cache)  # type: ignore[return-value]
 
     def shutdown(self) -> None:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""

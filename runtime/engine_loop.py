@@ -96,11 +96,6 @@ class EngineLoop:
             self._emit(req)
         sched.finished_unscheduled.clear()
         if not items:
-            if sched.waiting and not sched.running:
-                # Nothing runs, yet the head of the queue does not fit: it never will.
-                req = sched.waiting[0]
-                sched.abort(req.rid, "request does not fit in the KV pool")
-                self._emit(req)
             return
         try:
             results = self.runner.forward(items)

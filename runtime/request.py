@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .detokenizer import IncrementalDetokenizer
+from .prefix_cache import PrefixMatch
 from .sampling_params import SamplingParams
 
 
@@ -57,7 +58,7 @@ class LogprobRequest:
     with_text: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: two requests are never "equal"
 class Request:
     rid: str
     prompt_ids: list[int]
@@ -72,11 +73,15 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     # KV bookkeeping: `table_row` is this request's row in the pool's slot table, and the
-    # first `num_computed` tokens of prompt + output have their KV there.
+    # first `num_computed` tokens of prompt + output have their KV there. The first
+    # `prefix.length` of those slots belong to the prefix cache (locked while we run); the
+    # rest are ours until handed to the cache.
     table_row: int | None = None
     num_computed: int = 0
-    cached_tokens: int = 0
+    prefix: PrefixMatch | None = None
+    cached_tokens: int = 0  # prompt tokens taken from the cache when first scheduled
     num_preemptions: int = 0
+    enqueued_step: int = 0  # the scheduler step at which it last joined the waiting queue
     # logprobs, filled as they are computed
     input_logprobs: list[LogprobEntry] = field(default_factory=list)
     output_logprobs: list[LogprobEntry] = field(default_factory=list)
@@ -100,6 +105,19 @@ class Request:
         if end <= n:
             return self.prompt_ids[start:end]
         return self.prompt_ids[start:] + self.output_ids[: end - n]
+
+    def reusable_tokens(self) -> list[int]:
+        """The longest prefix of the fill whose KV may come from a cache: all but the last
+        token (whose logits are needed), and nothing at or after the first position whose
+        logits still have a prompt logprob to score."""
+        limit = self.seq_len - 1
+        lp = self.logprob
+        if (
+            self.wants_prompt_logprobs
+            and len(self.input_logprobs) < len(self.prompt_ids) - lp.start_len
+        ):
+            limit = min(limit, lp.start_len + max(len(self.input_logprobs), 1) - 1)
+        return self.fill_slice(0, limit)
 
     @property
     def seq_len(self) -> int:

@@ -1,15 +1,20 @@
-"""Scheduler: iteration-level batching (Orca) over the paged KV pool.
+"""Scheduler: iteration-level batching (Orca) over the paged KV pool and the prefix cache.
 
-Every step runs all running requests' decodes plus as many waiting prefills as the per-step
-token budget and the free KV slots allow, in arrival order (FCFS; a request that does not
-fit blocks those behind it so that none starves). When a decode step would not fit, the most
-recently admitted requests are preempted: their slots are freed and they rejoin the front
-of the queue, to be recomputed from their prompt and output so far.
+Every step runs all running requests' decodes, then prompt work under a per-step token
+budget: first the next chunk of the prompt being prefilled in pieces (if any), then waiting
+requests in the policy's order. A prompt is computed from the end of its longest cached
+prefix on. With chunked prefill (Sarathi-Serve) a prompt longer than the budget is split
+across steps and mixed with the running decodes, which therefore never stall for long;
+without it, such a prompt runs alone in one step.
+
+Memory: when a step needs more KV slots than are free, unlocked cache entries are evicted
+first (least recently used), then the most recently admitted requests are preempted: their
+KV goes to the cache, where it may survive until they return, and they rejoin the front of
+the queue to be recomputed from their prompt and output so far.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -17,71 +22,128 @@ import torch
 from .kv_pool import KVPool
 from .model_runner import ItemResult, ScheduledItem
 from .output_processor import OutputProcessor
+from .prefix_cache import PrefixCache, PrefixMatch
+from .radix_cache import RadixCache
 from .request import FinishReason, Request, RequestStatus
+from .schedule_policy import SchedulePolicy
+
+# A waiting request that shares at least this many not-yet-cached tokens with one admitted in
+# the same step waits one step: the shared part is then cached, and computed only once.
+DEFER_SHARED_TOKENS = 32
 
 
 @dataclass(slots=True)
 class SchedulerConfig:
     max_running_requests: int = 256
     max_prefill_tokens: int = 8192  # per-step token budget for prompt tokens
+    chunked_prefill_size: int | None = None  # largest prompt chunk per step; None: no chunking
+    schedule_policy: str = "lpm"
 
     def __post_init__(self) -> None:
         if self.max_running_requests < 1:
             raise ValueError(f"max_running_requests: must be >= 1, got {self.max_running_requests}")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens: must be >= 1, got {self.max_prefill_tokens}")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size < 1:
+            raise ValueError(
+                f"chunked_prefill_size: must be >= 1 (or None to disable), got {self.chunked_prefill_size}"
+            )
+        SchedulePolicy(self.schedule_policy)  # validates the name
 
 
 @dataclass(slots=True)
 class SchedulerStats:
     num_preemptions: int = 0
     num_steps: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # prompt (and recomputed) tokens run through the model
     generated_tokens: int = 0
+    cache_hit_tokens: int = 0  # prompt tokens read from the cache, at first admission
+    cache_query_tokens: int = 0  # prompt tokens of first admissions
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hit_tokens / self.cache_query_tokens if self.cache_query_tokens else 0.0
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, pool: KVPool, outputs: OutputProcessor) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        pool: KVPool,
+        cache: PrefixCache,
+        outputs: OutputProcessor,
+    ) -> None:
         self.config = config
         self.pool = pool
+        self.cache = cache
         self.outputs = outputs
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.policy = SchedulePolicy(config.schedule_policy)
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []  # prompt done: one decode per step
+        self.prefilling: Request | None = None  # a prompt part-way through chunked prefill
         self.stats = SchedulerStats()
         # Requests that ended while being scheduled rather than in a step (the engine reports them).
         self.finished_unscheduled: list[Request] = []
+        self._prompt_items: set[int] = set()  # ids of this step's requests that ran prompt work
 
     def add(self, req: Request) -> None:
+        req.enqueued_step = self.stats.num_steps
         self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.prefilling)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running) + (self.prefilling is not None)
 
     def abort(self, rid: str, message: str = "aborted") -> Request | None:
         """Finish request `rid` as aborted and free what it holds; None if it is unknown."""
-        for req in self.waiting:
-            if req.rid == rid:
-                self.waiting.remove(req)
-                req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
-                return req
-        for req in self.running:
-            if req.rid == rid:
-                self._release(req)
-                self.running.remove(req)
-                req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
-                return req
-        return None
+        req = next((r for r in self.waiting if r.rid == rid), None)
+        if req is not None:
+            self.waiting.remove(req)
+        else:
+            req = next((r for r in self._active() if r.rid == rid), None)
+            if req is None:
+                return None
+            self._release(req)
+            self._drop_active(req)
+        req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
+        return req
+
+    def abort_all(self, message: str) -> list[Request]:
+        rids = [r.rid for r in self.waiting] + [r.rid for r in self._active()]
+        return [req for rid in rids if (req := self.abort(rid, message)) is not None]
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache; refused (False) while any request is in flight."""
+        if self.has_work():
+            return False
+        self.cache.flush()
+        return True
 
     # -- schedule ----------------------------------------------------------------------------
     def schedule(self) -> list[ScheduledItem]:
+        self._prompt_items.clear()
         items = self._schedule_decodes()
-        items += self._schedule_prefills(num_decodes=len(items))
+        blocked = self._schedule_prompts(items, num_decodes=len(items))
+        if not items and blocked is not None and not self.running:
+            # Nothing runs and the cache is empty of unlocked entries, yet `blocked` does
+            # not fit: it never will.
+            self.abort(blocked.rid, "request does not fit in the KV pool")
+            self.finished_unscheduled.append(blocked)
         if items:
             self.stats.num_steps += 1
         return items
 
     def _schedule_decodes(self) -> list[ScheduledItem]:
         while self.running and self.pool.num_free() < len(self.running):
+            if self.cache.evict(len(self.running) - self.pool.num_free()):
+                continue
+            if self.prefilling is not None:
+                self._preempt(self.prefilling)
+                self.prefilling = None
+                continue
             if len(self.running) == 1:
                 # The pool cannot hold even this one request's next token.
                 req = self.running.pop()
@@ -102,35 +164,106 @@ class Scheduler:
         self.pool.slot_table[rows, cols] = slots
         return [ScheduledItem(r, r.num_computed, r.seq_len, True) for r in self.running]
 
-    def _schedule_prefills(self, num_decodes: int) -> list[ScheduledItem]:
-        items: list[ScheduledItem] = []
+    def _schedule_prompts(self, items: list[ScheduledItem], num_decodes: int) -> Request | None:
+        """Append this step's prompt work to `items`; returns the request that could not get
+        the KV slots it needed, if one blocked the queue."""
         budget = self.config.max_prefill_tokens - num_decodes
-        while self.waiting:
-            req = self.waiting[0]
-            extend = req.seq_len - req.num_computed
-            batch_empty = num_decodes == 0 and not items
-            if len(self.running) >= self.config.max_running_requests:
-                break
-            if extend > budget and not batch_empty:
-                break
-            # Keep one slot per running request free after this admission, so that the
-            # next decode step does not immediately preempt what was just admitted.
-            if self.pool.num_free() < extend + len(self.running) + 1:
-                break
-            row = self.pool.alloc_row()
-            if row is None:
-                break
-            self.waiting.popleft()
-            slots = self.pool.alloc(extend)
-            req.table_row = row
-            self.pool.slot_table[row, req.num_computed : req.seq_len] = slots
-            req.status = RequestStatus.RUNNING
-            sample = len(req.output_ids) < req.params.max_new_tokens
-            items.append(ScheduledItem(req, req.num_computed, req.seq_len, sample))
+        if self.config.chunked_prefill_size is not None:
+            budget = min(budget, self.config.chunked_prefill_size)
+        if self.prefilling is not None:
+            req = self.prefilling
+            item = self._next_chunk(req, budget)
+            if item is None:
+                return req
+            items.append(item)
+            budget -= item.end - item.start
+            if item.end < req.seq_len:
+                return None  # the budget went to this chunk
+            self.prefilling = None
             self.running.append(req)
-            budget -= extend
-            self.stats.prompt_tokens += extend
-        return items
+
+        # Requests admitted this step, by token prefix: one that shares a long uncached
+        # stretch with them waits a step and then finds it cached.
+        admitted = RadixCache(lambda _: None) if isinstance(self.cache, RadixCache) else None
+        taken: set[int] = set()
+        blocked = None
+        order = self.policy.order(self.waiting, self.cache, self.stats.num_steps)
+        for req in order:
+            if self.num_running >= self.config.max_running_requests or budget <= 0:
+                break
+            tokens = req.reusable_tokens()
+            match = self.cache.match_prefix(tokens)
+            if admitted is not None and (
+                admitted.match_prefix(tokens).length - match.length >= DEFER_SHARED_TOKENS
+            ):
+                continue
+            item = self._admit(req, match, budget, alone=not items)
+            if item is None:
+                blocked = req
+                break
+            items.append(item)
+            taken.add(id(req))
+            budget -= item.end - item.start
+            if admitted is not None:
+                admitted.insert(tokens, torch.zeros(len(tokens), dtype=torch.int64))
+            if item.end < req.seq_len:
+                self.prefilling = req
+                break
+            self.running.append(req)
+        if taken:
+            self.waiting = [r for r in self.waiting if id(r) not in taken]
+        return blocked
+
+    def _admit(
+        self, req: Request, match: PrefixMatch, budget: int, alone: bool
+    ) -> ScheduledItem | None:
+        """Give `req` a row, its cached prefix and slots for (a chunk of) the rest."""
+        self.cache.lock(match)  # before anything is evicted to make room
+        take = req.seq_len - match.length
+        if take > budget:
+            if self.config.chunked_prefill_size is not None:
+                take = budget
+            elif not alone:
+                self.cache.unlock(match)
+                return None
+        # Keep one slot per running request free after this admission, so that the next
+        # decode step does not immediately preempt what was just admitted.
+        if not self._reserve(take + len(self.running) + 1):
+            self.cache.unlock(match)
+            return None
+        row = self.pool.alloc_row()
+        assert row is not None  # rows == max_running_requests, checked by the caller
+        start = match.length
+        self.pool.slot_table[row, :start] = match.slots
+        self.pool.slot_table[row, start : start + take] = self.pool.alloc(take)
+        req.table_row, req.num_computed, req.prefix = row, start, match
+        req.status = RequestStatus.RUNNING
+        if req.num_preemptions == 0:
+            req.cached_tokens = start
+            self.stats.cache_hit_tokens += start
+            self.stats.cache_query_tokens += len(req.prompt_ids)
+        return self._prompt_item(req, start, start + take)
+
+    def _next_chunk(self, req: Request, budget: int) -> ScheduledItem | None:
+        take = min(req.seq_len - req.num_computed, budget)
+        if take <= 0 or not self._reserve(take + len(self.running) + 1):
+            return None
+        start = req.num_computed
+        self.pool.slot_table[req.table_row, start : start + take] = self.pool.alloc(take)
+        return self._prompt_item(req, start, start + take)
+
+    def _prompt_item(self, req: Request, start: int, end: int) -> ScheduledItem:
+        self._prompt_items.add(id(req))
+        self.stats.prompt_tokens += end - start
+        sample = end == req.seq_len and len(req.output_ids) < req.params.max_new_tokens
+        return ScheduledItem(req, start, end, sample)
+
+    def _reserve(self, n: int) -> bool:
+        """Make n slots free, evicting from the cache if needed; False if it cannot."""
+        short = n - self.pool.num_free()
+        if short > 0:
+            self.cache.evict(short)
+        return self.pool.num_free() >= n
 
     # -- process -----------------------------------------------------------------------------
     def process(self, items: list[ScheduledItem], results: list[ItemResult]) -> list[Request]:
@@ -142,11 +275,14 @@ class Scheduler:
                 self.stats.generated_tokens += 1
             touched.append(item.req)
         finished = [r for r in touched if r.status.finished]
-        if finished:
-            for req in finished:
-                self._release(req)
-            done = {id(r) for r in finished}
-            self.running = [r for r in self.running if id(r) not in done]
+        for req in finished:
+            self._release(req)
+            self._drop_active(req)
+        for req in touched:
+            # Prompt KV goes to the cache as soon as it is computed, so that requests
+            # running at the same time already share it.
+            if id(req) in self._prompt_items and not req.status.finished:
+                self._commit(req)
         return touched
 
     def fail(self, items: list[ScheduledItem], message: str) -> list[Request]:
@@ -155,29 +291,47 @@ class Scheduler:
         for item in items:
             req = item.req
             req.num_computed = item.end  # slots up to `end` were allocated for this step
-            self._release(req)
-            if req in self.running:
-                self.running.remove(req)
+            self._release(req, keep_kv=False)  # this step's KV may be half written
+            self._drop_active(req)
             req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
             failed.append(req)
         return failed
 
-    def abort_all(self, message: str) -> list[Request]:
-        rids = [r.rid for r in self.waiting] + [r.rid for r in self.running]
-        return [req for rid in rids if (req := self.abort(rid, message)) is not None]
+    # -- KV ownership ------------------------------------------------------------------------
+    def _commit(self, req: Request) -> None:
+        n = req.num_computed
+        row = self.pool.slot_table[req.table_row]
+        match = self.cache.cache_running(req.fill_slice(0, n), row[:n].clone(), req.prefix)
+        row[: match.length] = match.slots  # the cache's copies replace any duplicates
+        req.prefix = match
 
-    # -- memory ------------------------------------------------------------------------------
     def _preempt(self, req: Request) -> None:
         self._release(req)
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
+        req.enqueued_step = self.stats.num_steps
         self.stats.num_preemptions += 1
-        self.waiting.appendleft(req)
+        self.waiting.insert(0, req)
 
-    def _release(self, req: Request) -> None:
+    def _release(self, req: Request, keep_kv: bool = True) -> None:
+        """Give back the request's row; its KV goes to the cache (or is freed)."""
         if req.table_row is None:
             return
-        self.pool.free(self.pool.slot_table[req.table_row, : req.num_computed].clone())
+        n = req.num_computed
+        slots = self.pool.slot_table[req.table_row, :n].clone()
+        if keep_kv:
+            self.cache.cache_finished(req.fill_slice(0, n), slots, req.prefix)
+        else:
+            self.cache.unlock(req.prefix)
+            self.pool.free(slots[req.prefix.length :])
         self.pool.free_row(req.table_row)
-        req.table_row = None
-        req.num_computed = 0
+        req.table_row, req.num_computed, req.prefix = None, 0, None
+
+    def _active(self) -> list[Request]:
+        return self.running + ([self.prefilling] if self.prefilling is not None else [])
+
+    def _drop_active(self, req: Request) -> None:
+        if req is self.prefilling:
+            self.prefilling = None
+        elif req in self.running:
+            self.running.remove(req)

@@ -1,15 +1,16 @@
 """Reference attention over the paged pool with torch's scaled_dot_product_attention.
 
-Runs on CPU and GPU alike. Decode steps (one new token per request) run batched attention
-over padded slot blocks (`paged_decode`). When the padded block is large, requests are
-grouped by context length so that each group is padded only to its own longest (bounded
-waste) at the price of one call per group; small blocks stay whole, as calls cost more. Steps
-that extend prompts attend request by request, with the causal mask shifted by each
+Runs on CPU and GPU alike. One-token rows (decodes) run batched attention over padded slot
+blocks (`paged_decode`), also in steps that mix them with prompt chunks. When the padded block
+is large, requests are grouped by context length so that each group is padded only to its own
+longest (bounded waste) at the price of one call per group; small blocks stay whole, as calls
+cost more. Prompt extends attend request by request, with the causal mask shifted by each
 request's cached prefix.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -26,7 +27,7 @@ GROUP_LENGTH_RATIO = 1.3
 
 
 class _DecodeGroup(NamedTuple):
-    members: torch.Tensor | None  # [G] batch positions of the group; None: the whole batch
+    members: torch.Tensor | None  # [G] the group's query rows; None: the whole batch
     slots: torch.Tensor  # [G, L] slots, padded per request to the group's longest
     lo: torch.Tensor  # [G] first visible key position (sliding window)
     hi: torch.Tensor  # [G] one past the last (the context length)
@@ -60,17 +61,26 @@ class TorchAttention(AttentionBackend):
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []
-        if batch.is_decode:
-            self._prepare_decode(batch)
-        else:
-            self._prepare_extend(batch)
+        offsets = list(itertools.accumulate(batch.extend_lens, initial=0))
+        # One-token rows (decodes, and prompts cached up to their last token) take the
+        # batched decode path even in a batch that also extends prompts (chunked prefill).
+        singles = [i for i, n in enumerate(batch.extend_lens) if n == 1]
+        if len(singles) == len(batch.extend_lens):
+            self._prepare_decode(batch, singles, offsets, whole_batch=True)
+            return
+        if singles:
+            self._prepare_decode(batch, singles, offsets, whole_batch=False)
+        longer = [i for i, n in enumerate(batch.extend_lens) if n > 1]
+        self._prepare_extend(batch, longer, offsets)
 
-    def _prepare_decode(self, batch: ForwardBatch) -> None:
+    def _prepare_decode(
+        self, batch: ForwardBatch, picks: list[int], offsets: list[int], whole_batch: bool
+    ) -> None:
         device = batch.input_ids.device
-        lens = batch.seq_lens
+        lens = [batch.seq_lens[i] for i in picks]
         pool = batch.kv_pool.k
         key_bytes = pool.shape[2] * pool.shape[3] * pool.element_size()
-        members: list[list[int]] = [list(range(len(lens)))]
+        members: list[list[int]] = [list(range(len(lens)))]  # positions in `picks`
         if len(lens) * max(lens) * key_bytes >= LARGE_GATHER_BYTES:  # padding is worth saving
             members = []
             for i in sorted(range(len(lens)), key=lens.__getitem__):
@@ -78,11 +88,11 @@ class TorchAttention(AttentionBackend):
                     members[-1].append(i)
                 else:
                     members.append([i])
-        whole = len(members) == 1
+        whole = whole_batch and len(members) == 1
         for group in members:
             if whole:
                 group = list(range(len(lens)))  # keep batch order: no reordering needed
-            rows = torch.tensor([batch.table_rows[i] for i in group], dtype=torch.int64)
+            rows = torch.tensor([batch.table_rows[picks[i]] for i in group], dtype=torch.int64)
             seq = torch.tensor([lens[i] for i in group], dtype=torch.int64)
             longest = int(seq.max())
             # Padding entries point at whatever slot the row held before: always a valid
@@ -91,32 +101,33 @@ class TorchAttention(AttentionBackend):
             lo = torch.zeros_like(seq)
             if self.sliding_window is not None:
                 lo = (seq - self.sliding_window).clamp_(min=0)
-            idx = None if whole else torch.tensor(group, dtype=torch.int64, device=device)
+            idx = None
+            if not whole:  # the group's query rows in the flattened batch
+                token_rows = [offsets[picks[i]] for i in group]
+                idx = torch.tensor(token_rows, dtype=torch.int64, device=device)
             self._groups.append(_DecodeGroup(idx, slots, lo.to(device), seq.to(device)))
-        if not whole:
+        if whole_batch and not whole:
             flat_order = [i for group in members for i in group]
             restore = torch.empty(len(flat_order), dtype=torch.int64)
             restore[torch.tensor(flat_order)] = torch.arange(len(flat_order))
             self._restore = restore.to(device)
 
-    def _prepare_extend(self, batch: ForwardBatch) -> None:
+    def _prepare_extend(self, batch: ForwardBatch, picks: list[int], offsets: list[int]) -> None:
         device = batch.input_ids.device
-        start = 0
-        for row, prefix, extend, seq in zip(
-            batch.table_rows, batch.prefix_lens, batch.extend_lens, batch.seq_lens
-        ):
+        for i in picks:
+            row, prefix = batch.table_rows[i], batch.prefix_lens[i]
+            extend, seq = batch.extend_lens[i], batch.seq_lens[i]
             slots = batch.slot_table[row, :seq].to(device)
             mask = None
-            is_causal = extend > 1
-            if self.sliding_window is not None or (prefix > 0 and extend > 1):
+            is_causal = True
+            if self.sliding_window is not None or prefix > 0:
                 q_pos = torch.arange(prefix, seq)[:, None]
                 k_pos = torch.arange(seq)[None, :]
                 allowed = k_pos <= q_pos
                 if self.sliding_window is not None:
                     allowed &= k_pos > q_pos - self.sliding_window
                 mask, is_causal = allowed.to(device), False
-            self._extends.append(_Extend(start, start + extend, slots, mask, is_causal))
-            start += extend
+            self._extends.append(_Extend(offsets[i], offsets[i] + extend, slots, mask, is_causal))
 
     def forward(
         self,
@@ -130,9 +141,22 @@ class TorchAttention(AttentionBackend):
         v_cache = batch.kv_pool.v[layer_id]
         k_cache.index_copy_(0, batch.out_slots, k)
         v_cache.index_copy_(0, batch.out_slots, v)
-        if self._groups:
+        if not self._extends:
             return self._decode(q, k_cache, v_cache)
-        return self._extend(q, k_cache, v_cache)
+        out = torch.empty_like(q)
+        self._extend(q, k_cache, v_cache, out)
+        for group in self._groups:  # a mixed batch's one-token rows
+            rows = paged_decode(
+                q.index_select(0, group.members),
+                k_cache,
+                v_cache,
+                group.slots,
+                group.lo,
+                group.hi,
+                self.scale,
+            )
+            out.index_copy_(0, group.members, rows)
+        return out
 
     def _decode(
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
@@ -148,10 +172,9 @@ class TorchAttention(AttentionBackend):
         return torch.cat(outs).index_select(0, self._restore)
 
     def _extend(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
-    ) -> torch.Tensor:
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor
+    ) -> None:
         gqa = self.num_heads != self.num_kv_heads
-        out = torch.empty_like(q)
         for ext in self._extends:
             keys = k_cache.index_select(0, ext.context_slots).transpose(0, 1)  # [Hkv, S, D]
             values = v_cache.index_select(0, ext.context_slots).transpose(0, 1)
@@ -166,4 +189,3 @@ class TorchAttention(AttentionBackend):
                 enable_gqa=gqa,
             )
             out[ext.start : ext.end] = res[0].transpose(0, 1)
-        return out

@@ -70,3 +70,24 @@ def hf_greedy(hf: Any, ids: list[int], new_tokens: int, eos: Any = None) -> list
 def prompts_of_lengths(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [[1] + torch.randint(3, vocab, (n - 1,), generator=g).tolist() for n in lengths]
+
+
+def assert_pool_whole(engine: Any, timeout: float = 10.0) -> dict:
+    """Once idle, every KV slot is free or held by the prefix cache, unlocked; after a flush
+    every slot is free. Returns the stats read before the flush."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        stats = engine.stats()
+        if stats["num_running"] == 0 and stats["num_waiting"] == 0:
+            break
+        assert time.time() < deadline, f"engine still busy: {stats}"
+        time.sleep(0.01)
+    assert stats["kv_slots_free"] + stats["cached_tokens"] == stats["kv_slots_total"], stats
+    assert stats["cached_tokens_evictable"] == stats["cached_tokens"], (
+        "a finished request kept a lock"
+    )
+    assert engine.flush_cache()
+    assert engine.stats()["kv_slots_free"] == stats["kv_slots_total"]
+    return stats

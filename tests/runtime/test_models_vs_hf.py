@@ -10,7 +10,7 @@ import torch
 from loomlm.runtime import Engine, SamplingParams
 
 from .checkpoints import VARIANTS, default_model_dir, hf_model, make_checkpoint
-from .helpers import hf_greedy, hf_logits, our_prompt_logits, prompts_of_lengths
+from .helpers import assert_pool_whole, hf_greedy, hf_logits, our_prompt_logits, prompts_of_lengths
 
 GREEDY_32 = SamplingParams(max_new_tokens=32, temperature=0, ignore_eos=True)
 LENGTHS = [3, 17, 40, 9, 64, 1, 25, 33, 50]
@@ -83,7 +83,7 @@ def test_greedy_staggered_arrivals_match(variant):
         t.join()
     for i, ids in enumerate(prompts):
         assert results[i] == hf_greedy(hf, ids, 32)
-    assert engine.stats()["kv_slots_free"] == engine.kv_pool.num_slots
+    assert_pool_whole(engine)
 
 
 def test_sliding_window_is_applied(tmp_path):
