@@ -51,9 +51,11 @@ from .tokenizer import load_tokenizer
 
 logger = logging.getLogger("loomlm.engine")
 
-# Prompt tokens per step when a long prompt is split (chunked prefill). On a CPU a step of
-# this many prompt tokens next to a batch of decodes costs a few decode steps' time.
-DEFAULT_CHUNKED_PREFILL_SIZE = 256
+# Prompt tokens per step when a long prompt is split (chunked prefill), by device. On a CPU
+# a prompt token costs about as much as a whole decode step's weight reads spread over a
+# batch, so chunks stay small (prefill throughput is flat from ~64 tokens per step up); a GPU
+# computes thousands of prompt tokens in the time it takes to read the weights once.
+CHUNKED_PREFILL_SIZE = {"cpu": 64, "cuda": 2048}
 
 
 class Engine:
@@ -70,7 +72,8 @@ class Engine:
         max_prefill_tokens: per-step token budget for prompt tokens.
         chunked_prefill_size: largest piece of a prompt computed in one step; longer prompts
             are split across steps and mixed with the running decodes (Sarathi-Serve), which
-            then never stall for a whole long prompt. None or -1 turns chunking off.
+            then never stall for a whole long prompt. None: by device (64 on CPU, 2048 on
+            GPU); -1 turns chunking off.
         schedule_policy: the order of waiting requests: "lpm" (longest cached prefix first),
             "dfs-weight" (SGLang's radix-tree walk) or "fcfs" (arrival order).
         disable_radix_cache: compute every prompt in full and keep no KV after a request.
@@ -89,7 +92,7 @@ class Engine:
         mem_fraction: float | None = None,
         max_running_requests: int = 256,
         max_prefill_tokens: int = 8192,
-        chunked_prefill_size: int | None = DEFAULT_CHUNKED_PREFILL_SIZE,
+        chunked_prefill_size: int | None = None,
         schedule_policy: str = "lpm",
         disable_radix_cache: bool = False,
         context_length: int | None = None,
@@ -112,10 +115,11 @@ class Engine:
         )
         self.model = load_model(self.model_dir, config, self.dtype, self.device)
 
-        if chunked_prefill_size is not None and chunked_prefill_size == -1:
-            chunked_prefill_size = None
+        if chunked_prefill_size is None:
+            chunked_prefill_size = CHUNKED_PREFILL_SIZE.get(self.device.type, 2048)
+        chunk = None if chunked_prefill_size == -1 else chunked_prefill_size
         scheduler_config = SchedulerConfig(
-            max_running_requests, max_prefill_tokens, chunked_prefill_size, schedule_policy
+            max_running_requests, max_prefill_tokens, chunk, schedule_policy
         )
         slots = kv_slots_for(
             config,

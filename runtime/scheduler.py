@@ -3,9 +3,10 @@
 Every step runs all running requests' decodes, then prompt work under a per-step token
 budget: first the next chunk of the prompt being prefilled in pieces (if any), then waiting
 requests in the policy's order. A prompt is computed from the end of its longest cached
-prefix on. With chunked prefill (Sarathi-Serve) a prompt longer than the budget is split
-across steps and mixed with the running decodes, which therefore never stall for long;
-without it, such a prompt runs alone in one step.
+prefix on. With chunked prefill (Sarathi-Serve) the budget of a step that runs decodes is
+`chunked_prefill_size`, and a prompt longer than the budget is split across steps, mixed
+with the running decodes, which therefore never stall for long; without it, such a prompt
+runs alone in one step.
 
 Memory: when a step needs more KV slots than are free, unlocked cache entries are evicted
 first (least recently used), then the most recently admitted requests are preempted: their
@@ -46,7 +47,7 @@ class SchedulerConfig:
             raise ValueError(f"max_prefill_tokens: must be >= 1, got {self.max_prefill_tokens}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size < 1:
             raise ValueError(
-                f"chunked_prefill_size: must be >= 1 (or None to disable), got {self.chunked_prefill_size}"
+                f"chunked_prefill_size: must be >= 1, or -1 to disable; got {self.chunked_prefill_size}"
             )
         SchedulePolicy(self.schedule_policy)  # validates the name
 
@@ -168,8 +169,13 @@ class Scheduler:
         """Append this step's prompt work to `items`; returns the request that could not get
         the KV slots it needed, if one blocked the queue."""
         budget = self.config.max_prefill_tokens - num_decodes
-        if self.config.chunked_prefill_size is not None:
+        if self.config.chunked_prefill_size is not None and num_decodes:
+            # Only decodes can stall behind a prompt: with none running, a long prompt gets
+            # the whole budget (and is cut at max_prefill_tokens, not at the chunk size).
             budget = min(budget, self.config.chunked_prefill_size)
+        # Prompts computed this step, by token prefix: a request that shares a long uncached
+        # stretch with one of them waits a step and then finds it cached.
+        admitted = RadixCache(lambda _: None) if isinstance(self.cache, RadixCache) else None
         if self.prefilling is not None:
             req = self.prefilling
             item = self._next_chunk(req, budget)
@@ -181,12 +187,13 @@ class Scheduler:
                 return None  # the budget went to this chunk
             self.prefilling = None
             self.running.append(req)
-
-        # Requests admitted this step, by token prefix: one that shares a long uncached
-        # stretch with them waits a step and then finds it cached.
-        admitted = RadixCache(lambda _: None) if isinstance(self.cache, RadixCache) else None
+            if admitted is not None:
+                tokens = req.reusable_tokens()
+                admitted.insert(tokens, torch.zeros(len(tokens), dtype=torch.int64))
         taken: set[int] = set()
         blocked = None
+        if not self.waiting or budget <= 0:
+            return None
         order = self.policy.order(self.waiting, self.cache, self.stats.num_steps)
         for req in order:
             if self.num_running >= self.config.max_running_requests or budget <= 0:

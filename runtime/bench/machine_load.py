@@ -1,7 +1,8 @@
 """How busy the machine was with other work while a measurement ran.
 
 The project's machines are shared; a figure taken while another process held a core is not
-comparable, so every measurement reports the foreign load beside it.
+comparable, so every measurement reports beside it the load of other processes and the
+time the hypervisor stole for other guests.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import NamedTuple
 class LoadSample(NamedTuple):
     wall: float
     machine_busy: float  # CPU seconds used by everything on the machine
+    steal: float  # CPU seconds the hypervisor gave to other guests while we wanted them
     ours: float  # CPU seconds used by this process and its finished children
 
 
@@ -23,13 +25,14 @@ def sample() -> LoadSample:
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
-        busy = (sum(fields) - fields[3] - fields[4]) / ticks  # minus idle and iowait
+        steal = fields[7] / ticks if len(fields) > 7 else 0.0
+        busy = (sum(fields[:7]) - fields[3] - fields[4]) / ticks  # without idle and iowait
     except OSError:
-        busy = float("nan")
+        busy = steal = float("nan")
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     ours = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    return LoadSample(time.perf_counter(), busy, ours)
+    return LoadSample(time.perf_counter(), busy, steal, ours)
 
 
 def foreign_cores(before: LoadSample, after: LoadSample) -> float:
@@ -39,13 +42,28 @@ def foreign_cores(before: LoadSample, after: LoadSample) -> float:
     return max(0.0, other / wall)
 
 
+def stolen_cores(before: LoadSample, after: LoadSample) -> float:
+    """Average number of cores the hypervisor took away (steal time) between two samples: on
+    a shared VM the figures measured meanwhile are slower than the machine can do."""
+    wall = max(after.wall - before.wall, 1e-9)
+    return max(0.0, (after.steal - before.steal) / wall)
+
+
+def describe(before: LoadSample, after: LoadSample) -> str:
+    return (
+        f"foreign load {foreign_cores(before, after):.2f} cores, "
+        f"stolen {stolen_cores(before, after):.2f} cores"
+    )
+
+
 def wait_until_quiet(max_seconds: float = 60.0, threshold: float = 0.05) -> float:
-    """Wait until other processes use under `threshold` cores over a 2 s window (e.g. a
-    peer engine's worker processes exiting); returns the last foreign load seen."""
+    """Wait until other processes and other guests use under `threshold` cores over a 2 s
+    window (e.g. a peer engine's worker processes exiting); returns the last load seen."""
     deadline = time.perf_counter() + max_seconds
     while True:
         before = sample()
         time.sleep(2.0)
-        load = foreign_cores(before, sample())
+        after = sample()
+        load = foreign_cores(before, after) + stolen_cores(before, after)
         if load < threshold or time.perf_counter() > deadline:
             return load

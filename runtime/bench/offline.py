@@ -38,10 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def measured(label: str, fn: Callable[[], Timing]) -> tuple[Timing, float]:
     before = machine_load.sample()
     timing = fn()
-    load = machine_load.foreign_cores(before, machine_load.sample())
+    after = machine_load.sample()
+    load = machine_load.foreign_cores(before, after)
     print(
         f"  .. {label}: {timing.tokens_per_s:.1f} tok/s in {timing.seconds:.1f} s "
-        f"(foreign load {load:.2f} cores)",
+        f"({machine_load.describe(before, after)})",
         file=sys.stderr,
         flush=True,
     )

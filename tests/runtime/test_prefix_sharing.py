@@ -39,8 +39,21 @@ def shared_prefix_prompts(seed: int = 0, vocab: int = 512) -> list[list[int]]:
 
 def run(path, prompts, params=GREEDY, staggered=False, **engine_kwargs) -> list[list[int]]:
     """Greedy outputs of `prompts`, submitted together (or one by one from threads, so that
-    later ones find earlier ones cached or running), with the pool whole afterwards."""
+    later ones find earlier ones cached or running), with the pool whole afterwards.
+
+    A long request runs in the background throughout, so that prompts are admitted while
+    something decodes: only then is a prompt cut into chunks. Its output is checked too."""
     with Engine(path, skip_tokenizer_init=True, max_total_tokens=4096, **engine_kwargs) as engine:
+        background = {}
+        busy = SamplingParams(max_new_tokens=150, temperature=0, ignore_eos=True)
+        worker = threading.Thread(
+            target=lambda: background.setdefault(
+                "ids", engine.generate(input_ids=prompts[-1], sampling_params=busy).output_ids
+            )
+        )
+        worker.start()
+        while engine.stats()["generated_tokens"] == 0:
+            pass
         if not staggered:
             outs = [
                 o.output_ids for o in engine.generate(input_ids=prompts, sampling_params=params)
@@ -58,15 +71,16 @@ def run(path, prompts, params=GREEDY, staggered=False, **engine_kwargs) -> list[
                 threads[-1].join(timeout=0.01 * (i % 3))  # some overlap, some not
             for t in threads:
                 t.join()
+        worker.join()
         assert_pool_whole(engine)
-    return outs
+    return outs + [background["ids"]]
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     path = make_checkpoint(tmp_path_factory.mktemp("llama"), "llama")
     prompts = shared_prefix_prompts()
-    expected = run(path, prompts, disable_radix_cache=True, chunked_prefill_size=None)
+    expected = run(path, prompts, disable_radix_cache=True, chunked_prefill_size=-1)
     return path, prompts, expected
 
 
@@ -75,9 +89,10 @@ def test_reference_run_equals_transformers(llama):
     hf = hf_model(path)
     for ids, out in zip(prompts, expected):
         assert out == hf_greedy(hf, ids, GREEDY.max_new_tokens)
+    assert expected[-1] == hf_greedy(hf, prompts[-1], 150)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+@pytest.mark.parametrize("chunk", [1, 7, 64, -1])  # -1: off (whole prompt)
 @pytest.mark.parametrize("cache", [True, False])
 def test_greedy_is_the_same_with_cache_and_chunking(llama, chunk, cache):
     path, prompts, expected = llama
@@ -96,7 +111,7 @@ def test_greedy_is_the_same_under_each_policy_with_staggered_arrivals(llama, pol
 def test_gqa_and_sliding_window_models_read_cached_prefixes_correctly(tmp_path, variant):
     path = make_checkpoint(tmp_path, variant)
     prompts = shared_prefix_prompts(seed=3)
-    expected = run(path, prompts, disable_radix_cache=True, chunked_prefill_size=None)
+    expected = run(path, prompts, disable_radix_cache=True, chunked_prefill_size=-1)
     assert run(path, prompts, staggered=True, chunked_prefill_size=5) == expected
     hf = hf_model(path)
     assert expected[1] == hf_greedy(hf, prompts[1], GREEDY.max_new_tokens)
@@ -178,7 +193,7 @@ def test_a_pool_too_small_for_the_working_set(tmp_path):
         rng.shuffle(prompts)
         rounds.append(prompts)
     params = SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True)
-    expected = [run(path, p, params, disable_radix_cache=True) for p in rounds]
+    expected = [run(path, p, params, disable_radix_cache=True)[:-1] for p in rounds]
     with Engine(
         path, skip_tokenizer_init=True, max_total_tokens=400, chunked_prefill_size=32
     ) as engine:
@@ -209,6 +224,11 @@ def test_aborting_a_prompt_mid_chunked_prefill_frees_its_slots(tmp_path):
     with Engine(
         path, skip_tokenizer_init=True, max_total_tokens=4096, chunked_prefill_size=1
     ) as engine:
+        # Something must be decoding: only then are prompts cut into chunks.
+        decoding = engine.stream(
+            input_ids=[1, 4, 4], sampling_params={"max_new_tokens": 250, "ignore_eos": True}
+        )
+        next(decoding)
         done = {}
         long_prompt = [1] + list(range(3, 200))
         t = threading.Thread(
@@ -216,14 +236,17 @@ def test_aborting_a_prompt_mid_chunked_prefill_frees_its_slots(tmp_path):
                 "out", engine.generate(input_ids=long_prompt, sampling_params=GREEDY, rid="long")
             )
         )
+        computed = engine.stats()["prompt_tokens"]
         t.start()
-        while engine.stats()["prompt_tokens"] < 5:
+        while engine.stats()["prompt_tokens"] < computed + 5:
             pass
         engine.abort("long")
         t.join(timeout=30)
         assert done["out"].finish_reason.type == "abort"
         assert done["out"].output_ids == []
-        assert_pool_whole(engine)
+        decoding.close()
+        stats = assert_pool_whole(engine)
+        assert stats["prompt_tokens"] < computed + 190  # it really was stopped part-way
 
 
 def test_invalid_policy_and_chunk_size_are_rejected(tmp_path):
