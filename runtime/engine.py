@@ -51,10 +51,12 @@ from .tokenizer import load_tokenizer
 
 logger = logging.getLogger("loomlm.engine")
 
-# Prompt tokens per step when a long prompt is split (chunked prefill), by device. On a CPU
-# a prompt token costs about as much as a whole decode step's weight reads spread over a
-# batch, so chunks stay small (prefill throughput is flat from ~64 tokens per step up); a GPU
-# computes thousands of prompt tokens in the time it takes to read the weights once.
+# Prompt tokens per step while requests decode (chunked prefill), by device. A CPU's matmuls
+# are compute-bound from a few rows on, so each chunk row slows the decoders' step: on the
+# benchmark model the decoders' p99 inter-token latency while a long prompt is prefilled was
+# ~2.5x their undisturbed median with 64, ~2x with 32, which however doubles that prompt's
+# time to first token and halves how many short prompts join a busy engine per step. A GPU
+# computes thousands of rows in the time it takes to read the weights once.
 CHUNKED_PREFILL_SIZE = {"cpu": 64, "cuda": 2048}
 
 
@@ -73,7 +75,7 @@ class Engine:
         chunked_prefill_size: largest piece of a prompt computed in one step; longer prompts
             are split across steps and mixed with the running decodes (Sarathi-Serve), which
             then never stall for a whole long prompt. None: by device (64 on CPU, 2048 on
-            GPU); -1 turns chunking off.
+            GPU); -1 turns chunking off. Steps without decodes are never cut.
         schedule_policy: the order of waiting requests: "lpm" (longest cached prefix first),
             "dfs-weight" (SGLang's radix-tree walk) or "fcfs" (arrival order).
         disable_radix_cache: compute every prompt in full and keep no KV after a request.

@@ -26,6 +26,7 @@ from .output_processor import OutputProcessor
 from .prefix_cache import PrefixCache, PrefixMatch
 from .radix_cache import RadixCache
 from .request import FinishReason, Request, RequestStatus
+from .request_kv import RequestKV
 from .schedule_policy import SchedulePolicy
 
 # A waiting request that shares at least this many not-yet-cached tokens with one admitted in
@@ -77,6 +78,7 @@ class Scheduler:
         self.config = config
         self.pool = pool
         self.cache = cache
+        self.kv = RequestKV(pool, cache)
         self.outputs = outputs
         self.policy = SchedulePolicy(config.schedule_policy)
         self.waiting: list[Request] = []
@@ -107,7 +109,7 @@ class Scheduler:
             req = next((r for r in self._active() if r.rid == rid), None)
             if req is None:
                 return None
-            self._release(req)
+            self.kv.release(req)
             self._drop_active(req)
         req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
         return req
@@ -148,7 +150,7 @@ class Scheduler:
             if len(self.running) == 1:
                 # The pool cannot hold even this one request's next token.
                 req = self.running.pop()
-                self._release(req)
+                self.kv.release(req)
                 req.finish(
                     RequestStatus.FINISHED_LENGTH,
                     FinishReason("length", length=len(req.output_ids)),
@@ -158,11 +160,7 @@ class Scheduler:
             self._preempt(self.running.pop())
         if not self.running:
             return []
-        slots = self.pool.alloc(len(self.running))
-        assert slots is not None  # guaranteed by the loop above
-        rows = torch.tensor([r.table_row for r in self.running])
-        cols = torch.tensor([r.num_computed for r in self.running])
-        self.pool.slot_table[rows, cols] = slots
+        self.kv.extend_each_by_one(self.running)  # the loop above made room
         return [ScheduledItem(r, r.num_computed, r.seq_len, True) for r in self.running]
 
     def _schedule_prompts(self, items: list[ScheduledItem], num_decodes: int) -> Request | None:
@@ -235,15 +233,11 @@ class Scheduler:
                 return None
         # Keep one slot per running request free after this admission, so that the next
         # decode step does not immediately preempt what was just admitted.
-        if not self._reserve(take + len(self.running) + 1):
+        if not self.kv.reserve(take + len(self.running) + 1):
             self.cache.unlock(match)
             return None
-        row = self.pool.alloc_row()
-        assert row is not None  # rows == max_running_requests, checked by the caller
+        self.kv.attach(req, match, take)
         start = match.length
-        self.pool.slot_table[row, :start] = match.slots
-        self.pool.slot_table[row, start : start + take] = self.pool.alloc(take)
-        req.table_row, req.num_computed, req.prefix = row, start, match
         req.status = RequestStatus.RUNNING
         if req.num_preemptions == 0:
             req.cached_tokens = start
@@ -253,24 +247,16 @@ class Scheduler:
 
     def _next_chunk(self, req: Request, budget: int) -> ScheduledItem | None:
         take = min(req.seq_len - req.num_computed, budget)
-        if take <= 0 or not self._reserve(take + len(self.running) + 1):
+        if take <= 0 or not self.kv.reserve(take + len(self.running) + 1):
             return None
-        start = req.num_computed
-        self.pool.slot_table[req.table_row, start : start + take] = self.pool.alloc(take)
-        return self._prompt_item(req, start, start + take)
+        self.kv.extend(req, take)
+        return self._prompt_item(req, req.num_computed, req.num_computed + take)
 
     def _prompt_item(self, req: Request, start: int, end: int) -> ScheduledItem:
         self._prompt_items.add(id(req))
         self.stats.prompt_tokens += end - start
         sample = end == req.seq_len and len(req.output_ids) < req.params.max_new_tokens
         return ScheduledItem(req, start, end, sample)
-
-    def _reserve(self, n: int) -> bool:
-        """Make n slots free, evicting from the cache if needed; False if it cannot."""
-        short = n - self.pool.num_free()
-        if short > 0:
-            self.cache.evict(short)
-        return self.pool.num_free() >= n
 
     # -- process -----------------------------------------------------------------------------
     def process(self, items: list[ScheduledItem], results: list[ItemResult]) -> list[Request]:
@@ -283,13 +269,13 @@ class Scheduler:
             touched.append(item.req)
         finished = [r for r in touched if r.status.finished]
         for req in finished:
-            self._release(req)
+            self.kv.release(req)
             self._drop_active(req)
         for req in touched:
             # Prompt KV goes to the cache as soon as it is computed, so that requests
             # running at the same time already share it.
             if id(req) in self._prompt_items and not req.status.finished:
-                self._commit(req)
+                self.kv.commit(req)
         return touched
 
     def fail(self, items: list[ScheduledItem], message: str) -> list[Request]:
@@ -298,41 +284,20 @@ class Scheduler:
         for item in items:
             req = item.req
             req.num_computed = item.end  # slots up to `end` were allocated for this step
-            self._release(req, keep_kv=False)  # this step's KV may be half written
+            self.kv.release(req, keep_kv=False)  # this step's KV may be half written
             self._drop_active(req)
             req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
             failed.append(req)
         return failed
 
-    # -- KV ownership ------------------------------------------------------------------------
-    def _commit(self, req: Request) -> None:
-        n = req.num_computed
-        row = self.pool.slot_table[req.table_row]
-        match = self.cache.cache_running(req.fill_slice(0, n), row[:n].clone(), req.prefix)
-        row[: match.length] = match.slots  # the cache's copies replace any duplicates
-        req.prefix = match
-
+    # -- membership ----------------------------------------------------------------------
     def _preempt(self, req: Request) -> None:
-        self._release(req)
+        self.kv.release(req)
         req.status = RequestStatus.PREEMPTED
         req.num_preemptions += 1
         req.enqueued_step = self.stats.num_steps
         self.stats.num_preemptions += 1
         self.waiting.insert(0, req)
-
-    def _release(self, req: Request, keep_kv: bool = True) -> None:
-        """Give back the request's row; its KV goes to the cache (or is freed)."""
-        if req.table_row is None:
-            return
-        n = req.num_computed
-        slots = self.pool.slot_table[req.table_row, :n].clone()
-        if keep_kv:
-            self.cache.cache_finished(req.fill_slice(0, n), slots, req.prefix)
-        else:
-            self.cache.unlock(req.prefix)
-            self.pool.free(slots[req.prefix.length :])
-        self.pool.free_row(req.table_row)
-        req.table_row, req.num_computed, req.prefix = None, 0, None
 
     def _active(self) -> list[Request]:
         return self.running + ([self.prefilling] if self.prefilling is not None else [])

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chunked_prefill_size values to measure in the decode-stall test (plus 'off')",
     )
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of the decode-stall test; the settings take turns within a round",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: all cores)"
     )
     parser.add_argument(
@@ -45,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
 
 
-def _engine(model_dir: Any, **kwargs: Any) -> Any:
+def _engine(model_dir: Any, max_total_tokens: int = 96 * 1024, **kwargs: Any) -> Any:
     from loomlm.runtime import Engine
 
     engine = Engine(
@@ -53,7 +61,7 @@ def _engine(model_dir: Any, **kwargs: Any) -> Any:
         dtype="float32",
         device="cpu",
         skip_tokenizer_init=True,
-        max_total_tokens=96 * 1024,
+        max_total_tokens=max_total_tokens,
         context_length=4096,  # the decode-stall prompt is 2,048 tokens plus output
         **kwargs,
     )
@@ -117,28 +125,52 @@ def main(args: argparse.Namespace) -> None:
         )
 
     if "stall" in only:
-        sizes = [-1] + [int(c) for c in args.chunk_sizes.split(",")]
-        stalls: list[tuple[int, StallResult, str]] = []
-        for size in sizes:
-            engine = _engine(model_dir, chunked_prefill_size=size)
+        rows += _stall(
+            model_dir, [-1] + [int(c) for c in args.chunk_sizes.split(",")], args.repeats
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def _stall(model_dir: Any, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    """The decode-stall test for each chunk size, `repeats` rounds, the sizes taking turns in
+    each round so that a drift in the machine's speed touches them all alike."""
+    engines = {size: _engine(model_dir, 16 * 1024, chunked_prefill_size=size) for size in sizes}
+    runs: dict[int, list[tuple[StallResult, str]]] = {size: [] for size in sizes}
+    for r in range(repeats):
+        for size, engine in engines.items():
             before = machine_load.sample()
             res = decode_stall(engine)
             load = machine_load.describe(before, machine_load.sample())
-            engine.shutdown()
-            _log(f"stall, chunk {size}", f"p99/median {res.p99_over_median:.2f}", load)
-            stalls.append((size, res, load))
+            while not engine.flush_cache():  # the next round must not find the prompts cached
+                time.sleep(0.05)
+            _log(
+                f"stall, round {r + 1}, chunk {size}", f"p99/median {res.p99_over_median:.2f}", load
+            )
+            runs[size].append((res, load))
+    for engine in engines.values():
+        engine.shutdown()
+
+    rows = []
+    print(
+        "== 16 requests decoding (prompt 128) when a 2,048-token prompt arrives: "
+        "inter-token latency of the decoders"
+    )
+    for size, results in runs.items():
+        label = "no chunking" if size == -1 else f"chunk {size}"
+        ratios = [res.p99_over_median for res, _ in results]
         print(
-            "== 16 requests decoding (prompt 128) when a 2,048-token prompt arrives: "
-            "inter-token latency of the decoders"
+            f"   {label}: p99 during the long prefill / undisturbed median = "
+            f"{statistics.median(ratios):.2f}x (median of {len(ratios)} rounds: "
+            f"{', '.join(f'{x:.2f}' for x in ratios)})"
         )
-        for size, res, load in stalls:
-            label = "no chunking" if size == -1 else f"chunk {size}"
+        for res, load in results:
             print(
-                f"   {label:<12}: undisturbed median {res.undisturbed_median * 1e3:6.1f} ms; "
-                f"from the arrival on: median {res.median * 1e3:6.1f} ms, "
-                f"p99 {res.p99 * 1e3:7.1f} ms ({res.p99_over_median:.2f}x undisturbed), "
+                f"      undisturbed median {res.undisturbed_median * 1e3:6.1f} ms; during the "
+                f"long prefill: median {res.median * 1e3:6.1f} ms, p99 {res.p99 * 1e3:7.1f} ms, "
                 f"max {res.max * 1e3:7.1f} ms; long prompt's first token after "
-                f"{res.long_prompt_ttft:.2f} s  ({res.samples} gaps, {load})"
+                f"{res.long_prompt_ttft:5.2f} s  ({res.samples} gaps; {load})"
             )
             rows.append(
                 {
@@ -151,6 +183,4 @@ def main(args: argparse.Namespace) -> None:
                     "long_prompt_ttft_s": res.long_prompt_ttft,
                 }
             )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    return rows
