@@ -25,16 +25,7 @@ import torch
 
 from .attention.torch_backend import TorchAttention
 from .detokenizer import IncrementalDetokenizer
-from .engine_inputs import (
-    Limits,
-    ParamsInput,
-    RequestSpec,
-    check_prompt,
-    make_logprob_request,
-    make_rids,
-    normalize_params,
-    normalize_prompts,
-)
+from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder
 from .engine_loop import EngineLoop, Event
 from .kv_budget import kv_slots_for
 from .kv_pool import KVPool
@@ -153,6 +144,7 @@ class Engine:
         self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.prefix_cache, self.outputs)
         self.eos_ids = frozenset(config.eos_token_ids)
         self.limits = Limits(config.vocab_size, self.max_context, slots)
+        self._inputs = SpecBuilder(self.tokenizer, self.limits)
         self._rng = random.Random(seed)
         self._loop = EngineLoop(self.scheduler, self.runner, self.outputs)
         logger.info(
@@ -181,7 +173,7 @@ class Engine:
         One prompt with n == 1 gives one GenerateOutput; otherwise a list, prompt-major
         (all n samples of the first prompt, then the second's...).
         """
-        specs, single = self._specs(
+        specs, single = self._inputs.specs(
             prompt,
             input_ids,
             sampling_params,
@@ -208,7 +200,7 @@ class Engine:
         **kwargs: Any,
     ) -> Iterator[StreamChunk]:
         """Yield chunks of new text as one request generates (n must be 1)."""
-        spec = self._single_spec(prompt, sampling_params, kwargs)
+        spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
         inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._submit(spec, stream=True, on_event=inbox.put)
         try:
@@ -225,7 +217,7 @@ class Engine:
         self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
     ) -> GenerateOutput | list[GenerateOutput]:
         """`generate` for asyncio: awaits without blocking the event loop."""
-        specs, single = self._specs_from(prompt, sampling_params, kwargs)
+        specs, single = self._inputs.specs_from(prompt, sampling_params, kwargs)
         inbox: asyncio.Queue[Event] = asyncio.Queue()
         put = _threadsafe_put(inbox)
         for spec in specs:
@@ -245,7 +237,7 @@ class Engine:
     async def async_stream(
         self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
     ) -> AsyncIterator[StreamChunk]:
-        spec = self._single_spec(prompt, sampling_params, kwargs)
+        spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
         inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._submit(spec, stream=True, on_event=_threadsafe_put(inbox))
         try:
@@ -310,78 +302,6 @@ class Engine:
             loop.stop()
 
     # -- internals ---------------------------------------------------------------------------
-    def _specs_from(
-        self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
-    ) -> tuple[list[RequestSpec], bool]:
-        """`_specs` for the methods that take generate's keyword arguments as **kwargs."""
-        known = (
-            "input_ids",
-            "return_logprob",
-            "logprob_start_len",
-            "top_logprobs_num",
-            "return_text_in_logprobs",
-            "rid",
-        )
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise TypeError(f"unexpected arguments: {', '.join(unknown)}")
-        return self._specs(
-            prompt,
-            kwargs.get("input_ids"),
-            sampling_params,
-            kwargs.get("return_logprob", False),
-            kwargs.get("logprob_start_len"),
-            kwargs.get("top_logprobs_num"),
-            kwargs.get("return_text_in_logprobs", False),
-            kwargs.get("rid"),
-        )
-
-    def _single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
-        specs, single = self._specs_from(prompt, sampling_params, kwargs)
-        if not single or len(specs) != 1:
-            raise ValueError("prompt: streaming takes one prompt with n == 1")
-        return specs[0]
-
-    def _specs(
-        self,
-        prompt: Any,
-        input_ids: Any,
-        sampling_params: ParamsInput,
-        return_logprob: bool,
-        logprob_start_len: int | None,
-        top_logprobs_num: int | None,
-        with_text: bool,
-        rid: str | Sequence[str] | None,
-    ) -> tuple[list[RequestSpec], bool]:
-        prompts, single = normalize_prompts(prompt, input_ids)
-        params = normalize_params(sampling_params, len(prompts))
-        logprob = make_logprob_request(
-            return_logprob, logprob_start_len, top_logprobs_num, with_text
-        )
-        rids = make_rids(rid, len(prompts))
-        specs = []
-        field = "prompt" if prompt is not None else "input_ids"
-        for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
-            where = field if single else f"{field}[{i}]"
-            ids = self._tokenize(p, where)
-            check_prompt(ids, sp, self.limits, where)
-            if logprob.enabled and logprob.start_len >= len(ids):
-                raise ValueError(
-                    f"logprob_start_len: {logprob.start_len} is not below the prompt length {len(ids)}"
-                )
-            for k in range(sp.n):
-                specs.append(RequestSpec(r if sp.n == 1 else f"{r}-{k}", ids, sp, logprob, k))
-        return specs, single
-
-    def _tokenize(self, prompt: str | list[int], where: str) -> list[int]:
-        if not isinstance(prompt, str):
-            return prompt
-        if not prompt:
-            raise ValueError(f"{where}: empty prompt")
-        if self.tokenizer is None:
-            raise ValueError(f"{where}: this engine has no tokenizer; pass token ids (input_ids)")
-        return self.tokenizer.encode(prompt)
-
     def _submit(self, spec: RequestSpec, stream: bool, on_event: Callable[[Event], None]) -> None:
         params = spec.params
         if params.seed is None:

@@ -128,3 +128,83 @@ def make_rids(rid: str | Sequence[str] | None, count: int) -> list[str]:
 
 def _is_token_id(t: Any) -> bool:
     return isinstance(t, int) and not isinstance(t, bool)
+
+
+class SpecBuilder:
+    """Turns `Engine.generate`'s arguments into validated request specs, tokenizing text."""
+
+    def __init__(self, tokenizer: Any, limits: Limits) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+
+    def specs_from(
+        self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
+    ) -> tuple[list[RequestSpec], bool]:
+        """`specs` for the methods that take generate's keyword arguments as **kwargs."""
+        known = (
+            "input_ids",
+            "return_logprob",
+            "logprob_start_len",
+            "top_logprobs_num",
+            "return_text_in_logprobs",
+            "rid",
+        )
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise TypeError(f"unexpected arguments: {', '.join(unknown)}")
+        return self.specs(
+            prompt,
+            kwargs.get("input_ids"),
+            sampling_params,
+            kwargs.get("return_logprob", False),
+            kwargs.get("logprob_start_len"),
+            kwargs.get("top_logprobs_num"),
+            kwargs.get("return_text_in_logprobs", False),
+            kwargs.get("rid"),
+        )
+
+    def single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
+        specs, single = self.specs_from(prompt, sampling_params, kwargs)
+        if not single or len(specs) != 1:
+            raise ValueError("prompt: streaming takes one prompt with n == 1")
+        return specs[0]
+
+    def specs(
+        self,
+        prompt: Any,
+        input_ids: Any,
+        sampling_params: ParamsInput,
+        return_logprob: bool,
+        logprob_start_len: int | None,
+        top_logprobs_num: int | None,
+        with_text: bool,
+        rid: str | Sequence[str] | None,
+    ) -> tuple[list[RequestSpec], bool]:
+        prompts, single = normalize_prompts(prompt, input_ids)
+        params = normalize_params(sampling_params, len(prompts))
+        logprob = make_logprob_request(
+            return_logprob, logprob_start_len, top_logprobs_num, with_text
+        )
+        rids = make_rids(rid, len(prompts))
+        specs = []
+        field = "prompt" if prompt is not None else "input_ids"
+        for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
+            where = field if single else f"{field}[{i}]"
+            ids = self._tokenize(p, where)
+            check_prompt(ids, sp, self.limits, where)
+            if logprob.enabled and logprob.start_len >= len(ids):
+                raise ValueError(
+                    f"logprob_start_len: {logprob.start_len} is not below the prompt length {len(ids)}"
+                )
+            for k in range(sp.n):
+                specs.append(RequestSpec(r if sp.n == 1 else f"{r}-{k}", ids, sp, logprob, k))
+        return specs, single
+
+    def _tokenize(self, prompt: str | list[int], where: str) -> list[int]:
+        if not isinstance(prompt, str):
+            return prompt
+        if not prompt:
+            raise ValueError(f"{where}: empty prompt")
+        if self.tokenizer is None:
+            raise ValueError(f"{where}: this engine has no tokenizer; pass token ids (input_ids)")
+        return self.tokenizer.encode(prompt)
