@@ -173,7 +173,8 @@ class Scheduler:
             budget = min(budget, self.config.chunked_prefill_size)
         # Prompts computed this step, by token prefix: a request that shares a long uncached
         # stretch with one of them waits a step and then finds it cached.
-        admitted = RadixCache(lambda _: None) if isinstance(self.cache, RadixCache) else None
+        shares = self.waiting and isinstance(self.cache, RadixCache)
+        admitted = RadixCache(lambda _: None) if shares else None  # only waiting ones consult it
         if self.prefilling is not None:
             req = self.prefilling
             item = self._next_chunk(req, budget)
