@@ -187,8 +187,7 @@ class Scheduler:
             self.prefilling = None
             self.running.append(req)
             if admitted is not None:
-                tokens = req.reusable_tokens()
-                admitted.insert(tokens, torch.zeros(len(tokens), dtype=torch.int64))
+                _note_prefix(admitted, req.reusable_tokens())
         taken: set[int] = set()
         blocked = None
         if not self.waiting or budget <= 0:
@@ -211,7 +210,7 @@ class Scheduler:
             taken.add(id(req))
             budget -= item.end - item.start
             if admitted is not None:
-                admitted.insert(tokens, torch.zeros(len(tokens), dtype=torch.int64))
+                _note_prefix(admitted, tokens)
             if item.end < req.seq_len:
                 self.prefilling = req
                 break
@@ -308,3 +307,8 @@ class Scheduler:
             self.prefilling = None
         elif req in self.running:
             self.running.remove(req)
+
+
+def _note_prefix(index: RadixCache, tokens: list[int]) -> None:
+    """Record `tokens` in a prefix index that holds no KV (its slots are placeholders)."""
+    index.insert(tokens, torch.zeros(len(tokens), dtype=torch.int64))

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from .workloads import random_ids
+
 
 class StallResult(NamedTuple):
     undisturbed_median: float  # ITL of gaps outside the long prompt's prefill
@@ -47,10 +49,8 @@ def decode_stall(
     after_first: int = 32,
 ) -> StallResult:
     rng, vocab = random.Random(3), engine.model_config.vocab_size
-    prompts = [
-        [1] + [rng.randrange(3, vocab) for _ in range(decoder_prompt - 1)] for _ in range(decoders)
-    ]
-    long_ids = [1] + [rng.randrange(3, vocab) for _ in range(long_prompt - 1)]
+    prompts = [[1] + random_ids(rng, decoder_prompt - 1, vocab) for _ in range(decoders)]
+    long_ids = [1] + random_ids(rng, long_prompt - 1, vocab)
     budget = engine.max_context - decoder_prompt
     params = {"max_new_tokens": budget, "min_new_tokens": budget, "ignore_eos": True}
     stamps: list[list[float]] = [[] for _ in range(decoders)]

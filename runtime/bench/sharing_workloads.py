@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from .workloads import random_ids
+
 
 class SharingResult(NamedTuple):
     seconds: float
@@ -23,10 +25,6 @@ class SharingResult(NamedTuple):
     @property
     def tokens_per_s(self) -> float:
         return self.output_tokens / self.seconds
-
-
-def _ids(rng: random.Random, n: int, vocab: int) -> list[int]:
-    return [rng.randrange(3, vocab) for _ in range(n)]
 
 
 def _forced(n: int) -> dict[str, Any]:
@@ -51,8 +49,8 @@ def few_shot(
 ) -> SharingResult:
     """`num` requests sharing a `prefix_len`-token prefix, each with its own suffix."""
     rng, vocab = random.Random(0), engine.model_config.vocab_size
-    prefix = [1] + _ids(rng, prefix_len - 1, vocab)
-    prompts = [prefix + _ids(rng, suffix_len, vocab) for _ in range(num)]
+    prefix = [1] + random_ids(rng, prefix_len - 1, vocab)
+    prompts = [prefix + random_ids(rng, suffix_len, vocab) for _ in range(num)]
 
     def body() -> tuple[int, int, int]:
         outs = engine.generate(input_ids=prompts, sampling_params=_forced(output_len))
@@ -71,8 +69,10 @@ def multi_turn(
 ) -> SharingResult:
     """Chats that run side by side; each turn resends the whole history plus a new message."""
     rng, vocab = random.Random(1), engine.model_config.vocab_size
-    system = [1] + _ids(rng, system_len - 1, vocab)
-    messages = [[_ids(rng, user_len, vocab) for _ in range(turns)] for _ in range(conversations)]
+    system = [1] + random_ids(rng, system_len - 1, vocab)
+    messages = [
+        [random_ids(rng, user_len, vocab) for _ in range(turns)] for _ in range(conversations)
+    ]
     totals = [[0, 0] for _ in range(conversations)]  # output and prompt tokens per chat
 
     def chat(c: int) -> None:
@@ -106,13 +106,15 @@ def tree_of_thought(
     """One question; each thought branches `branches` ways for `levels` levels. A branch's
     prompt is its parent's prompt and thought plus a short instruction of its own."""
     rng, vocab = random.Random(2), engine.model_config.vocab_size
-    frontier = [[1] + _ids(rng, question_len - 1, vocab)]
+    frontier = [[1] + random_ids(rng, question_len - 1, vocab)]
 
     def body() -> tuple[int, int, int]:
         nonlocal frontier
         requests = output_tokens = prompt_tokens = 0
         for _ in range(levels):
-            prompts = [p + _ids(rng, step_len, vocab) for p in frontier for _ in range(branches)]
+            prompts = [
+                p + random_ids(rng, step_len, vocab) for p in frontier for _ in range(branches)
+            ]
             outs = engine.generate(input_ids=prompts, sampling_params=_forced(output_len))
             frontier = [p + o.output_ids for p, o in zip(prompts, outs)]
             requests += len(prompts)

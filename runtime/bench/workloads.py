@@ -16,7 +16,7 @@ class Workload(NamedTuple):
         return sum(self.output_lens)
 
 
-def _ids(rng: random.Random, n: int, vocab: int) -> list[int]:
+def random_ids(rng: random.Random, n: int, vocab: int) -> list[int]:
     return [rng.randrange(3, vocab) for _ in range(n)]
 
 
@@ -27,7 +27,7 @@ def mixed(num: int = 64, vocab: int = 32000, seed: int = 0) -> Workload:
     output_lens = [rng.randint(16, 256) for _ in range(num)]
     return Workload(
         f"{num} requests, prompt 32-512, output 16-256",
-        [_ids(rng, n, vocab) for n in prompt_lens],
+        [random_ids(rng, n, vocab) for n in prompt_lens],
         output_lens,
     )
 
@@ -38,6 +38,6 @@ def single(
     rng = random.Random(seed)
     return Workload(
         f"1 request, prompt {prompt_len}, output {output_len}",
-        [_ids(rng, prompt_len, vocab)],
+        [random_ids(rng, prompt_len, vocab)],
         [output_len],
     )
