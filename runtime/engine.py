@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from .attention.torch_backend import TorchAttention
+from .constrained.grammar_compiler import GrammarCompiler
+from .constrained.json_format import JsonFormat
 from .detokenizer import IncrementalDetokenizer
 from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder
 from .engine_loop import EngineLoop, Event
@@ -73,6 +75,13 @@ class Engine:
         context_length: override the model's maximum context.
         tokenizer: a tokenizer directory (default: the model's); `skip_tokenizer_init=True`
             runs on token ids only.
+        grammar_backend: compiles `regex` / `json_schema` / `ebnf` / `choices` constraints:
+            "auto" (the measured best per kind, see constrained.grammar_compiler),
+            "llguidance", "outlines" (regular languages only) or "xgrammar" (if installed).
+        disable_jump_forward: sample forced text token by token instead of appending it.
+        json_format: separators and bounded whitespace of generated JSON (JsonFormat).
+        grammar_compile_timeout: seconds a constraint may take to compile before the
+            request is refused.
         seed: seeds the random streams of requests that give no seed of their own.
     """
 
@@ -91,6 +100,10 @@ class Engine:
         context_length: int | None = None,
         tokenizer: str | Path | None = None,
         skip_tokenizer_init: bool = False,
+        grammar_backend: str = "auto",
+        disable_jump_forward: bool = False,
+        json_format: JsonFormat | None = None,
+        grammar_compile_timeout: float = 10.0,
         seed: int = 0,
     ) -> None:
         self.model_dir = resolve_model_dir(model)
@@ -138,13 +151,25 @@ class Engine:
         )
         attention.warm_up(self.device, self.dtype)
         self.runner = ModelRunner(self.model, self.kv_pool, attention, self.device)
-        self.outputs = OutputProcessor(self.max_context, self.tokenizer)
+        self.eos_ids = frozenset(config.eos_token_ids)
+        self.grammars = None
+        if self.tokenizer is not None:
+            self.grammars = GrammarCompiler(
+                self.tokenizer,
+                config.vocab_size,
+                sorted(self.eos_ids),
+                grammar_backend,
+                json_format,
+                grammar_compile_timeout,
+            )
+        self.outputs = OutputProcessor(
+            self.max_context, self.tokenizer, None if disable_jump_forward else self.grammars
+        )
         cache_type = NoPrefixCache if disable_radix_cache else RadixCache
         self.prefix_cache = cache_type(self.kv_pool.free)
         self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.prefix_cache, self.outputs)
-        self.eos_ids = frozenset(config.eos_token_ids)
         self.limits = Limits(config.vocab_size, self.max_context, slots)
-        self._inputs = SpecBuilder(self.tokenizer, self.limits)
+        self._inputs = SpecBuilder(self.tokenizer, self.limits, self.grammars)
         self._rng = random.Random(seed)
         self._loop = EngineLoop(self.scheduler, self.runner, self.outputs)
         logger.info(
@@ -277,6 +302,7 @@ class Engine:
                 "cache_query_tokens": s.cache_query_tokens,
                 "cache_hit_rate": s.cache_hit_rate,
                 "evicted_tokens": cache.evicted_tokens,
+                "jump_forward_tokens": self.outputs.jump_forward_tokens,
             }
 
         return self._loop.call(read)  # type: ignore[return-value]
@@ -289,6 +315,8 @@ class Engine:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""
         if self._loop.alive:
             self._loop.stop()
+        if self.grammars is not None:
+            self.grammars.shutdown()
 
     def __enter__(self) -> Engine:
         return self
@@ -323,6 +351,7 @@ class Engine:
             on_event=on_event,
             logprob=spec.logprob,
             stream=stream,
+            matcher=spec.grammar.matcher() if spec.grammar is not None else None,
         )
         self._loop.submit(req)
 

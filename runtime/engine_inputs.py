@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from .constrained.grammar_compiler import GrammarCompiler
+from .constrained.matcher import CompiledGrammar
 from .request import LogprobRequest
 from .sampling_params import SamplingParams
 
@@ -23,6 +25,7 @@ class RequestSpec(NamedTuple):
     params: SamplingParams
     logprob: LogprobRequest
     sample_index: int  # which of the `n` samples of its prompt this is
+    grammar: CompiledGrammar | None  # the compiled constraint, if the params carry one
 
 
 class Limits(NamedTuple):
@@ -133,9 +136,10 @@ def _is_token_id(t: Any) -> bool:
 class SpecBuilder:
     """Turns `Engine.generate`'s arguments into validated request specs, tokenizing text."""
 
-    def __init__(self, tokenizer: Any, limits: Limits) -> None:
+    def __init__(self, tokenizer: Any, limits: Limits, grammars: GrammarCompiler | None) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
+        self.grammars = grammars
 
     def specs_from(
         self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
@@ -196,9 +200,23 @@ class SpecBuilder:
                 raise ValueError(
                     f"logprob_start_len: {logprob.start_len} is not below the prompt length {len(ids)}"
                 )
+            grammar = self._compile(sp)
             for k in range(sp.n):
-                specs.append(RequestSpec(r if sp.n == 1 else f"{r}-{k}", ids, sp, logprob, k))
+                rid = r if sp.n == 1 else f"{r}-{k}"
+                specs.append(RequestSpec(rid, ids, sp, logprob, k, grammar))
         return specs, single
+
+    def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
+        """Compile the request's constraint here, in the caller's thread: the engine loop
+        never waits for a compile, and an invalid constraint is a ValueError up front."""
+        if params.constraint is None:
+            return None
+        if self.grammars is None:
+            raise ValueError(
+                f"{params.constraint.kind}: constrained decoding needs a tokenizer, and this "
+                "engine has none"
+            )
+        return self.grammars.compile(params.constraint)
 
     def _tokenize(self, prompt: str | list[int], where: str) -> list[int]:
         if not isinstance(prompt, str):

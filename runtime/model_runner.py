@@ -7,11 +7,12 @@ from typing import NamedTuple
 import torch
 
 from .attention.base import AttentionBackend
+from .constrained.bitmask import allocate_bitmask
 from .forward_context import ForwardBatch, forward_scope
 from .kv_pool import KVPool
 from .models.llama import LlamaForCausalLM
 from .request import Request
-from .sampler import Sampler, SamplingRow
+from .sampler import Sampler, SamplingRow, TokenMasks
 
 
 class ScheduledItem(NamedTuple):
@@ -54,6 +55,8 @@ class ModelRunner:
         self.attention.prepare(batch)
         with forward_scope(batch):
             hidden = self.model(batch.input_ids, batch.positions)  # [T, hidden]
+        # On a GPU the forward above is still running: the masks are filled meanwhile.
+        masks = self._constraint_masks([i.req for i in items if i.sample])
 
         # Which hidden rows need logits: prompt-logprob rows first, then one row per sampler.
         prompt_rows: list[int] = []
@@ -87,7 +90,7 @@ class ModelRunner:
                 to_fetch["prompt_top_lp"], to_fetch["prompt_top_ids"] = lp.topk(top_k, dim=-1)
         if sampling:
             want_lp = any(r.req.logprob.enabled for r in items if r.sample)
-            out = self.sampler(sample_logits, sampling, want_lp, top_k)
+            out = self.sampler(sample_logits, sampling, want_lp, top_k, masks)
             to_fetch["next_ids"] = out.next_ids
             if out.logprobs is not None:
                 to_fetch["lp"] = out.logprobs
@@ -95,6 +98,16 @@ class ModelRunner:
                 to_fetch["top_lp"], to_fetch["top_ids"] = out.top_logprobs, out.top_ids
         host = _to_host(to_fetch)
         return self._results(items, host, prompt_spans, prompt_targets)
+
+    def _constraint_masks(self, samplers: list[Request]) -> TokenMasks | None:
+        """One packed bitmask row per constrained request, for the sampler to apply at once."""
+        rows = [i for i, r in enumerate(samplers) if r.matcher is not None]
+        if not rows:
+            return None
+        bitmask = allocate_bitmask(len(rows), self.vocab_size)
+        for k, i in enumerate(rows):
+            samplers[i].matcher.fill_bitmask(bitmask, k)  # type: ignore[union-attr]
+        return TokenMasks(torch.tensor(rows, dtype=torch.int64), bitmask)
 
     def _build_batch(self, items: list[ScheduledItem]) -> ForwardBatch:
         input_ids: list[int] = []

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 
+from .constrained.grammar_compiler import GrammarCompiler
+from .constrained.jump_forward import jump_forward
 from .model_runner import ItemResult, ScheduledItem
 from .request import FinishReason, Request, RequestStatus
 
 
 class OutputProcessor:
-    def __init__(self, max_context: int, tokenizer: object | None) -> None:
+    def __init__(
+        self,
+        max_context: int,
+        tokenizer: object | None,
+        jump_forward_with: GrammarCompiler | None = None,
+    ) -> None:
         self.max_context = max_context
         self.tokenizer = tokenizer
+        self.jump_forward_with = jump_forward_with  # None: jump-forward is off
+        self.jump_forward_tokens = 0  # tokens appended without sampling
 
     def apply(self, item: ScheduledItem, res: ItemResult) -> None:
         """Record one item's results in its request; finishes it when a stop rule fires."""
@@ -30,7 +39,44 @@ class OutputProcessor:
             req.output_logprobs.append([res.logprob, token, self._text_of(req, token)])
             if req.logprob.top_k:
                 req.output_top_logprobs.append(self._entries(req, res.top or []))
-        self._check_finish(req, token)
+        if req.matcher is not None and not self._advance_matcher(req, token):
+            return
+        self._check_finish(req, req.output_ids[-1])
+
+    def _advance_matcher(self, req: Request, token: int) -> bool:
+        """Feed the sampled token to the request's constraint, then append any forced
+        continuation (jump-forward). False when this finished the request."""
+        matcher = req.matcher
+        assert matcher is not None
+        if not matcher.consume(token) or matcher.error:
+            message = f"constraint: {matcher.error or f'token {token} was rejected'}"
+            req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
+            return False
+        if token in req.eos_ids or token in req.params.stop_token_ids:
+            return True  # the usual stop rules end it
+        if not matcher.finished and self._may_jump(req):
+            room = min(
+                req.params.max_new_tokens - len(req.output_ids), self.max_context - req.seq_len
+            )
+            grammars = self.jump_forward_with
+            assert grammars is not None and req.params.constraint is not None
+            backend = grammars.backend_for(req.params.constraint.kind)
+            jump = jump_forward(matcher, backend, token, room)
+            if jump is not None:
+                if jump.replace_last is not None:
+                    req.output_ids[-1] = jump.replace_last
+                req.output_ids.extend(jump.tokens)
+                self.jump_forward_tokens += len(jump.tokens)
+        if matcher.finished:
+            # Nothing but EOS may follow: the document is complete.
+            req.finish(RequestStatus.FINISHED_STOP, FinishReason("stop", matched=None))
+            return False
+        return True
+
+    def _may_jump(self, req: Request) -> bool:
+        # Forced tokens are not sampled, so they have no logprobs of their own to report:
+        # requests that return logprobs sample every token.
+        return self.jump_forward_with is not None and not req.logprob.enabled
 
     def _check_finish(self, req: Request, token: int) -> None:
         params = req.params

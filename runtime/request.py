@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .constrained.matcher import Matcher
 from .detokenizer import IncrementalDetokenizer
 from .prefix_cache import PrefixMatch
 from .sampling_params import SamplingParams
@@ -69,6 +70,7 @@ class Request:
     on_event: Callable[[Any], None]  # receives StreamChunk | GenerateOutput
     logprob: LogprobRequest = field(default_factory=LogprobRequest)
     stream: bool = False
+    matcher: Matcher | None = None  # the constraint's state, when the params carry one
     output_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None

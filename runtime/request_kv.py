@@ -43,12 +43,14 @@ class RequestKV:
         start = req.num_computed
         self.pool.slot_table[req.table_row, start : start + take] = self.pool.alloc(take)
 
-    def extend_each_by_one(self, reqs: list[Request]) -> None:
-        """One slot each for the next decode step; reserved."""
-        slots = self.pool.alloc(len(reqs))
+    def extend_decodes(self, reqs: list[Request]) -> None:
+        """Slots for each running request's uncomputed tokens: one per step, more after a
+        jump-forward; reserved."""
+        counts = [r.seq_len - r.num_computed for r in reqs]
+        slots = self.pool.alloc(sum(counts))
         assert slots is not None
-        rows = torch.tensor([r.table_row for r in reqs])
-        cols = torch.tensor([r.num_computed for r in reqs])
+        rows = torch.tensor([r.table_row for r, n in zip(reqs, counts) for _ in range(n)])
+        cols = torch.tensor([r.num_computed + k for r, n in zip(reqs, counts) for k in range(n)])
         self.pool.slot_table[rows, cols] = slots
 
     def commit(self, req: Request) -> None:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from .constrained.bitmask import apply_token_bitmask_
 from .sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -36,6 +37,13 @@ class SamplingRow(NamedTuple):
     suppressed_ids: frozenset[int]  # EOS and stop ids while min_new_tokens is not reached
 
 
+class TokenMasks(NamedTuple):
+    """Constraint masks of some of the batch's rows."""
+
+    rows: torch.Tensor  # [R] int64: which rows of the sampler's batch
+    bitmask: torch.Tensor  # [R, words] int32, packed (constrained.bitmask)
+
+
 class SamplerOutput(NamedTuple):
     next_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor | None  # [B] float32: raw logprob of each chosen token
@@ -50,8 +58,10 @@ class Sampler:
         rows: list[SamplingRow],
         want_logprobs: bool,
         top_k_logprobs: int,
+        masks: TokenMasks | None = None,
     ) -> SamplerOutput:
         # logits: [B, V] float32
+        raw_input = logits
         logprobs = top_lp = top_ids = None
         if want_logprobs:
             # Logprobs are the model's own distribution, before temperature and penalties
@@ -59,6 +69,10 @@ class Sampler:
             raw = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits, rows)
         logits = self._suppress(logits, rows)
+        if masks is not None:
+            if logits.data_ptr() == raw_input.data_ptr():
+                logits = logits.clone()  # the caller's logits are not ours to change
+            apply_token_bitmask_(logits, masks.bitmask, masks.rows.to(logits.device))
         greedy = [r.params.is_greedy for r in rows]
         if all(greedy):
             next_ids = logits.argmax(dim=-1)

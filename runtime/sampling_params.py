@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .constrained.constraint import Constraint, check_constraint_fields
+
 GREEDY_BELOW = 1e-6  # a temperature under this means greedy, as in SGLang
 
 
@@ -33,6 +35,14 @@ class SamplingParams:
     no_stop_trim: bool = False
     n: int = 1
     seed: int | None = None
+    # Constraints (at most one): the output must match a regex, validate against a JSON
+    # schema (a dict or its JSON text), derive from an EBNF / Lark grammar, or be one of
+    # `choices`.
+    regex: str | None = None
+    json_schema: str | dict[str, Any] | None = None
+    ebnf: str | None = None
+    choices: list[str] | None = None
+    constraint: Constraint | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -65,6 +75,9 @@ class SamplingParams:
         _check_int("n", self.n, low=1)
         if self.seed is not None:
             _check_int("seed", self.seed, low=0)
+        self.constraint = check_constraint_fields(
+            self.regex, self.json_schema, self.ebnf, self.choices
+        )
 
     @property
     def is_greedy(self) -> bool:
@@ -82,7 +95,7 @@ class SamplingParams:
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         """Build from a JSON-style dict; unknown keys are an error that names them."""
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         if "sampling_seed" in d:  # SGLang's name for the per-request seed
             d["seed"] = d.pop("sampling_seed")
         unknown = sorted(set(d) - known)

@@ -140,15 +140,16 @@ class Scheduler:
         return items
 
     def _schedule_decodes(self) -> list[ScheduledItem]:
-        while self.running and self.pool.num_free() < len(self.running):
-            if self.cache.evict(len(self.running) - self.pool.num_free()):
+        # A decode computes one token, or several after a jump-forward appended forced text.
+        while self.running and self.pool.num_free() < (need := self._decode_slots()):
+            if self.cache.evict(need - self.pool.num_free()):
                 continue
             if self.prefilling is not None:
                 self._preempt(self.prefilling)
                 self.prefilling = None
                 continue
             if len(self.running) == 1:
-                # The pool cannot hold even this one request's next token.
+                # The pool cannot hold even this one request's next tokens.
                 req = self.running.pop()
                 self.kv.release(req)
                 req.finish(
@@ -160,8 +161,11 @@ class Scheduler:
             self._preempt(self.running.pop())
         if not self.running:
             return []
-        self.kv.extend_each_by_one(self.running)  # the loop above made room
+        self.kv.extend_decodes(self.running)  # the loop above made room
         return [ScheduledItem(r, r.num_computed, r.seq_len, True) for r in self.running]
+
+    def _decode_slots(self) -> int:
+        return sum(r.seq_len - r.num_computed for r in self.running)
 
     def _schedule_prompts(self, items: list[ScheduledItem], num_decodes: int) -> Request | None:
         """Append this step's prompt work to `items`; returns the request that could not get
@@ -233,7 +237,7 @@ class Scheduler:
                 return None
         # Keep one slot per running request free after this admission, so that the next
         # decode step does not immediately preempt what was just admitted.
-        if not self.kv.reserve(take + len(self.running) + 1):
+        if not self.kv.reserve(take + self._decode_slots() + 1):
             self.cache.unlock(match)
             return None
         self.kv.attach(req, match, take)
@@ -247,7 +251,7 @@ class Scheduler:
 
     def _next_chunk(self, req: Request, budget: int) -> ScheduledItem | None:
         take = min(req.seq_len - req.num_computed, budget)
-        if take <= 0 or not self.kv.reserve(take + len(self.running) + 1):
+        if take <= 0 or not self.kv.reserve(take + self._decode_slots() + 1):
             return None
         self.kv.extend(req, take)
         return self._prompt_item(req, req.num_computed, req.num_computed + take)

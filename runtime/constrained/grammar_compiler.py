@@ -1,0 +1,104 @@
+"""Compiling constraints off the engine loop, once per (constraint, backend), with a time limit.
+
+Requests compile in the caller's thread before they reach the engine, through a small
+thread pool so that a compile that runs past `timeout_s` can be abandoned with a clear
+error while the engine keeps stepping. Results (and errors) are cached, so a constraint
+used again costs a dictionary lookup plus one matcher copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from . import bitmask
+from .constraint import Constraint
+from .json_format import JsonFormat
+from .matcher import CompiledGrammar, GrammarBackend
+
+BACKENDS = ("auto", "llguidance", "outlines", "xgrammar")
+# The backend `auto` picks per constraint kind, from `python -m loomlm.runtime.bench
+# constrained` (see README): llguidance compiles every kind in about a millisecond and keeps
+# per-token masks in the tens of microseconds; outlines-core masks regexes faster once built
+# but takes 50-200 ms to build a small regex and seconds for a JSON schema.
+AUTO_BACKEND = {"regex": "llguidance", "choices": "llguidance", "json_schema": "llguidance",
+                "ebnf": "llguidance"}  # fmt: skip
+
+
+class GrammarCompiler:
+    def __init__(
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        eos_ids: list[int],
+        backend: str = "auto",
+        json_format: JsonFormat | None = None,
+        timeout_s: float = 10.0,
+        max_cached: int = 1024,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"grammar_backend: {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if timeout_s <= 0:
+            raise ValueError(f"grammar_compile_timeout: must be > 0, got {timeout_s}")
+        self.backend_name = backend
+        self.timeout_s = timeout_s
+        self._args = (tokenizer, vocab_size, list(eos_ids), json_format or JsonFormat())
+        self._backends: dict[str, GrammarBackend] = {}
+        self._cache: OrderedDict[tuple[str, Constraint], Future] = OrderedDict()
+        self._max_cached = max_cached
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loomlm-grammar")
+
+    def backend_for(self, kind: str) -> GrammarBackend:
+        name = AUTO_BACKEND[kind] if self.backend_name == "auto" else self.backend_name
+        with self._lock:
+            backend = self._backends.get(name)
+            if backend is None:
+                if not self._backends:
+                    bitmask.warm_up()  # the first constrained request, not a step, compiles it
+                backend = self._backends[name] = _make_backend(name, *self._args)
+            return backend
+
+    def compile(self, constraint: Constraint) -> CompiledGrammar:
+        """The compiled grammar, from the cache or built now; ValueError naming the field
+        if the constraint is invalid or takes longer than the time limit to compile."""
+        backend = self.backend_for(constraint.kind)
+        key = (backend.name, constraint)
+        with self._lock:
+            future = self._cache.get(key)
+            if future is None:
+                future = self._pool.submit(backend.compile, constraint)
+                self._cache[key] = future
+                while len(self._cache) > self._max_cached:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            raise ValueError(
+                f"{constraint.kind}: compiling took longer than {self.timeout_s:g} s "
+                f"({constraint.describe()}); simplify it or raise grammar_compile_timeout"
+            ) from None
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _make_backend(
+    name: str, tokenizer: Any, vocab_size: int, eos_ids: list[int], json_format: JsonFormat
+) -> GrammarBackend:
+    if name == "llguidance":
+        from .llguidance_backend import LLGuidanceBackend
+
+        return LLGuidanceBackend(tokenizer, vocab_size, eos_ids, json_format)
+    if name == "outlines":
+        from .outlines_backend import OutlinesBackend
+
+        return OutlinesBackend(tokenizer, vocab_size, eos_ids)
+    from .xgrammar_backend import XGrammarBackend
+
+    return XGrammarBackend(tokenizer, vocab_size, eos_ids, json_format)
