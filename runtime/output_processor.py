@@ -54,7 +54,8 @@ class OutputProcessor:
             return False
         if token in req.eos_ids or token in req.params.stop_token_ids:
             return True  # the usual stop rules end it
-        if not matcher.finished and self._may_jump(req):
+        finished = matcher.finished
+        if not finished and self._may_jump(req):
             room = min(
                 req.params.max_new_tokens - len(req.output_ids), self.max_context - req.seq_len
             )
@@ -67,7 +68,8 @@ class OutputProcessor:
                     req.output_ids[-1] = jump.replace_last
                 req.output_ids.extend(jump.tokens)
                 self.jump_forward_tokens += len(jump.tokens)
-        if matcher.finished:
+                finished = matcher.finished
+        if finished:
             # Nothing but EOS may follow: the document is complete.
             req.finish(RequestStatus.FINISHED_STOP, FinishReason("stop", matched=None))
             return False

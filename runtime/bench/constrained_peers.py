@@ -14,7 +14,6 @@ import torch
 from ..constrained.constraint import Constraint, check_constraint_fields
 from ..constrained.grammar_compiler import GrammarCompiler
 from ..constrained.json_format import JsonFormat
-from ..constrained.token_bytes import vocabulary_bytes
 
 
 def constraint(kind: str, value: Any) -> Constraint:
@@ -102,13 +101,11 @@ class OutlinesCore:
     def __init__(self, tokenizer: Any, vocab: int, eos: list[int]) -> None:
         import outlines_core
 
+        from ..constrained.outlines_backend import outlines_vocabulary
+
         self.oc = outlines_core
-        by_bytes: dict[bytes, list[int]] = {}
-        for i, b in enumerate(vocabulary_bytes(tokenizer, vocab)):
-            if b and i not in eos:
-                by_bytes.setdefault(b, []).append(i)
-        self.vocab = outlines_core.Vocabulary(eos[0], by_bytes)
-        self.eos = eos[0]
+        self.vocab = outlines_vocabulary(tokenizer, vocab, eos)
+        self.eos = min(eos)
 
     def compile(self, kind: str, value: Any) -> Any:
         from outlines_core.json_schema import build_regex_from_schema

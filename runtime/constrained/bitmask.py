@@ -39,6 +39,13 @@ def allocate_bitmask(batch: int, vocab_size: int) -> torch.Tensor:
     return torch.zeros((batch, words_for(vocab_size)), dtype=torch.int32)
 
 
+def row_pointer(bitmask: torch.Tensor, row: int) -> tuple[int, int]:
+    """(address, bytes) of one row of a contiguous int32 CPU bitmask, for the libraries
+    that write masks through a pointer (without the microseconds a tensor view costs)."""
+    row_bytes = bitmask.shape[1] * 4
+    return bitmask.data_ptr() + row * row_bytes, row_bytes
+
+
 def bitmask_bias(bitmask: torch.Tensor, vocab_size: int, device: torch.device) -> torch.Tensor:
     """[R, words] int32 -> [R, vocab_size] float32 additive bias (0 allowed, -inf not)."""
     assert bitmask.dtype == torch.int32 and bitmask.dim() == 2, (bitmask.dtype, bitmask.shape)

@@ -14,6 +14,7 @@ import llguidance
 import llguidance.hf
 import torch
 
+from .bitmask import row_pointer
 from .constraint import Constraint
 from .json_format import JsonFormat
 from .matcher import CompiledGrammar, GrammarBackend, Matcher
@@ -34,10 +35,7 @@ class LLGuidanceMatcher(Matcher):
         return self._m.validate_tokens(tokens)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        # Pointer arithmetic rather than bitmask[row]: a tensor view costs microseconds. The
-        # bitmask is the contiguous int32 CPU tensor of allocate_bitmask.
-        row_bytes = bitmask.shape[1] * 4
-        self._m.unsafe_compute_mask_ptr(bitmask.data_ptr() + row * row_bytes, row_bytes)
+        self._m.unsafe_compute_mask_ptr(*row_pointer(bitmask, row))
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens and not self._m.rollback(num_tokens):

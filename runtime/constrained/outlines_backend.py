@@ -14,10 +14,20 @@ import outlines_core
 import torch
 from outlines_core.json_schema import build_regex_from_schema
 
+from .bitmask import row_pointer
 from .constraint import Constraint
 from .matcher import CompiledGrammar, GrammarBackend, Matcher
 from .regex_text import choices_regex
 from .token_bytes import vocabulary_bytes
+
+
+def outlines_vocabulary(tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> Any:
+    """outlines-core's Vocabulary (bytes -> ids) of a Hugging Face tokenizer, without the hub."""
+    by_bytes: dict[bytes, list[int]] = {}
+    for i, b in enumerate(vocabulary_bytes(tokenizer, vocab_size)):
+        if b and i not in eos_ids:
+            by_bytes.setdefault(b, []).append(i)
+    return outlines_core.Vocabulary(min(eos_ids), by_bytes)
 
 
 class OutlinesMatcher(Matcher):
@@ -41,9 +51,9 @@ class OutlinesMatcher(Matcher):
         return True
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        target = bitmask[row]
-        target.zero_()
-        self._guide.write_mask_into(target.data_ptr(), target.numel(), 4)
+        address, size = row_pointer(bitmask, row)
+        bitmask[row].zero_()  # it sets the allowed bits only
+        self._guide.write_mask_into(address, size // 4, 4)
 
     def rollback(self, num_tokens: int) -> None:
         self._guide.rollback_state(num_tokens)
@@ -87,11 +97,7 @@ class OutlinesBackend(GrammarBackend):
     def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> None:
         self.vocab_size = vocab_size
         self.eos_ids = frozenset(eos_ids)
-        by_bytes: dict[bytes, list[int]] = {}
-        for i, b in enumerate(vocabulary_bytes(tokenizer, vocab_size)):
-            if b and i not in self.eos_ids:
-                by_bytes.setdefault(b, []).append(i)
-        self.vocabulary = outlines_core.Vocabulary(min(eos_ids), by_bytes)
+        self.vocabulary = outlines_vocabulary(tokenizer, vocab_size, eos_ids)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
         if constraint.kind == "regex":

@@ -54,23 +54,25 @@ class XGrammarMatcher(Matcher):
     def forced_tokens(self) -> list[int]:
         return []  # xgrammar gives a forced string, not canonical tokens
 
-    def _allowed_now(self) -> set[int]:
-        # xgrammar reports acceptance only after the stop token: read it off the mask.
+    def _next_mask(self) -> tuple[bool, bool]:
+        """(EOS allowed, anything else allowed) next. xgrammar reports acceptance only after
+        the stop token, so it is read off the mask."""
         bm = torch.zeros((1, (self._vocab + 31) // 32), dtype=torch.int32)
         self._m.fill_next_token_bitmask(bm, 0)
-        nonzero = bm[0].nonzero().flatten().tolist()
-        words = bm[0].tolist()
-        return {w * 32 + b for w in nonzero for b in range(32) if (words[w] >> b) & 1}
+        eos_bits = torch.zeros_like(bm)
+        for t in self._eos:
+            eos_bits[0, t // 32] |= 1 << (t % 32)
+        return bool((bm & eos_bits).any()), bool((bm & ~eos_bits).any())
 
     def is_accepting(self) -> bool:
-        return self._m.is_terminated() or bool(self._allowed_now() & self._eos)
+        return self._m.is_terminated() or self._next_mask()[0]
 
     @property
     def finished(self) -> bool:
         if self._m.is_terminated():
             return True
-        now = self._allowed_now()
-        return bool(now) and now <= self._eos
+        eos, other = self._next_mask()
+        return eos and not other
 
     @property
     def error(self) -> str | None:
