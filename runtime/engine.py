@@ -34,7 +34,7 @@ from .kv_pool import KVPool
 from .model_runner import ModelRunner
 from .models.config import ModelConfig
 from .models.loader import load_model, resolve_dtype, resolve_model_dir
-from .output_processor import OutputProcessor
+from .output_processor import OutputProcessor, TokenTimings
 from .outputs import GenerateOutput, StreamChunk
 from .prefix_cache import NoPrefixCache
 from .radix_cache import RadixCache
@@ -278,6 +278,32 @@ class Engine:
         """Abort request `rid` wherever it is; its slots are freed before the next step."""
         self._loop.abort(rid)
 
+    def abort_all(self, message: str = "aborted") -> None:
+        """Abort every request waiting or running; `message` goes in their finish reason."""
+        self._loop.abort_all(message)
+
+    # -- the parts of generate, for callers that drive requests themselves (the server) -----
+    def prepare(
+        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
+    ) -> tuple[list[RequestSpec], bool]:
+        """Validate, tokenize and compile one call's requests without submitting them.
+
+        Takes `generate`'s arguments, plus `prompt_field` to name the prompt in errors
+        ("text", "messages"...). Returns the specs (prompt-major) and whether a single
+        prompt was given. Raises ValueError naming the field on bad input.
+        """
+        return self._inputs.specs_from(prompt, sampling_params, kwargs)
+
+    def submit(self, spec: RequestSpec, stream: bool, on_event: Callable[[Event], None]) -> None:
+        """Start one prepared request. `on_event` is called from the engine thread with
+        StreamChunks (when `stream`) and finally the GenerateOutput or last chunk."""
+        self._submit(spec, stream, on_event)
+
+    def observe_timings(self, timings: TokenTimings) -> None:
+        """Report every request's time to first token and inter-token gaps to `timings`
+        (called on the engine thread), besides any observers added before."""
+        self.outputs.timings.append(timings)
+
     # -- inspection and lifecycle ------------------------------------------------------------
     def stats(self) -> dict[str, int | float]:
         """Counters since start. `kv_slots_free` excludes `cached_tokens` (slots the prefix
@@ -306,6 +332,11 @@ class Engine:
             }
 
         return self._loop.call(read)  # type: ignore[return-value]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs (False after shutdown)."""
+        return self._loop.alive
 
     def flush_cache(self) -> bool:
         """Empty the prefix cache. Refused (returns False) while requests are in flight."""

@@ -34,12 +34,16 @@ class Limits(NamedTuple):
     kv_slots: int
 
 
-def normalize_prompts(prompt: Any, input_ids: Any) -> tuple[list[str | list[int]], bool]:
-    """The prompts as a list (text or ids each), and whether the caller passed a single one."""
+def normalize_prompts(
+    prompt: Any, input_ids: Any, field: str | None = None
+) -> tuple[list[str | list[int]], bool]:
+    """The prompts as a list (text or ids each), and whether the caller passed a single one.
+    `field` names the prompt in errors (default: "prompt" or "input_ids")."""
     if (prompt is None) == (input_ids is None):
-        raise ValueError("prompt: give exactly one of `prompt` (text) and `input_ids` (token ids)")
+        name = field or "prompt"
+        raise ValueError(f"{name}: give exactly one of `{name}` (text) and `input_ids` (token ids)")
     value = prompt if prompt is not None else input_ids
-    field = "prompt" if prompt is not None else "input_ids"
+    field = field or ("prompt" if prompt is not None else "input_ids")
     if isinstance(value, str):
         return [value], True
     if not isinstance(value, (list, tuple)):
@@ -152,6 +156,7 @@ class SpecBuilder:
             "top_logprobs_num",
             "return_text_in_logprobs",
             "rid",
+            "prompt_field",
         )
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
@@ -165,6 +170,7 @@ class SpecBuilder:
             kwargs.get("top_logprobs_num"),
             kwargs.get("return_text_in_logprobs", False),
             kwargs.get("rid"),
+            kwargs.get("prompt_field"),
         )
 
     def single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
@@ -183,15 +189,16 @@ class SpecBuilder:
         top_logprobs_num: int | None,
         with_text: bool,
         rid: str | Sequence[str] | None,
+        prompt_field: str | None = None,
     ) -> tuple[list[RequestSpec], bool]:
-        prompts, single = normalize_prompts(prompt, input_ids)
+        prompts, single = normalize_prompts(prompt, input_ids, prompt_field)
         params = normalize_params(sampling_params, len(prompts))
         logprob = make_logprob_request(
             return_logprob, logprob_start_len, top_logprobs_num, with_text
         )
         rids = make_rids(rid, len(prompts))
         specs = []
-        field = "prompt" if prompt is not None else "input_ids"
+        field = prompt_field or ("prompt" if prompt is not None else "input_ids")
         for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
             where = field if single else f"{field}[{i}]"
             ids = self._tokenize(p, where)

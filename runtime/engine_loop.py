@@ -42,6 +42,10 @@ class EngineLoop:
         self._inbox.put(("abort", rid))
         self._wake.set()
 
+    def abort_all(self, message: str) -> None:
+        self._inbox.put(("abort_all", message))
+        self._wake.set()
+
     def call(self, fn: Callable[[], object]) -> object:
         """Run `fn` on the engine thread between steps and return its result."""
         done: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
@@ -119,6 +123,9 @@ class EngineLoop:
                 req = self.scheduler.abort(value)  # type: ignore[arg-type]
                 if req is not None:
                     self._emit(req)
+            elif kind == "abort_all":
+                for req in self.scheduler.abort_all(value):  # type: ignore[arg-type]
+                    self._emit(req)
             else:
                 value()  # type: ignore[operator]
 
@@ -145,7 +152,28 @@ class EngineLoop:
     def _chunk(req: Request, text_end: int, output: GenerateOutput | None) -> StreamChunk:
         # A streaming consumer never sees text that might still turn out to be a stop string.
         text = req.text[req.streamed_chars : text_end]
-        ids = req.output_ids[req.streamed_ids :]
-        req.streamed_chars, req.streamed_ids = text_end, len(req.output_ids)
+        first, end = req.streamed_ids, len(req.output_ids)
+        req.streamed_chars, req.streamed_ids = text_end, end
         reason = output.finish_reason if output is not None else None
-        return StreamChunk(req.rid, text, ids, reason, output)
+        lp = req.logprob
+        if not lp.enabled:
+            return StreamChunk(
+                req.rid, text, req.output_ids[first:end], reason, output, req.cached_tokens
+            )
+        top = lp.top_k > 0
+        # The first chunk comes once a token is sampled (or the request ended), when the
+        # prompt's logprobs are all computed.
+        prompt_part = not req.streamed_prompt_logprobs
+        req.streamed_prompt_logprobs = True
+        return StreamChunk(
+            req.rid,
+            text,
+            req.output_ids[first:end],
+            reason,
+            output,
+            req.cached_tokens,
+            req.output_logprobs[first:end],
+            req.output_top_logprobs[first:end] if top else None,
+            list(req.input_logprobs) if prompt_part else None,
+            list(req.input_top_logprobs) if prompt_part and top else None,
+        )

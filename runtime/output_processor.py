@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.jump_forward import jump_forward
 from .model_runner import ItemResult, ScheduledItem
 from .request import FinishReason, Request, RequestStatus
+
+
+class TokenTimings(Protocol):
+    """Receives each request's token timings as they happen (the server's metrics)."""
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def inter_token(self, seconds: float) -> None: ...
 
 
 class OutputProcessor:
@@ -21,6 +30,7 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.jump_forward_with = jump_forward_with  # None: jump-forward is off
         self.jump_forward_tokens = 0  # tokens appended without sampling
+        self.timings: list[TokenTimings] = []
 
     def apply(self, item: ScheduledItem, res: ItemResult) -> None:
         """Record one item's results in its request; finishes it when a stop rule fires."""
@@ -33,8 +43,7 @@ class OutputProcessor:
             return
         token = res.next_id
         req.output_ids.append(token)
-        if req.first_token_time is None:
-            req.first_token_time = time.perf_counter()
+        self._note_time(req)
         if req.logprob.enabled:
             req.output_logprobs.append([res.logprob, token, self._text_of(req, token)])
             if req.logprob.top_k:
@@ -42,6 +51,17 @@ class OutputProcessor:
         if req.matcher is not None and not self._advance_matcher(req, token):
             return
         self._check_finish(req, req.output_ids[-1])
+
+    def _note_time(self, req: Request) -> None:
+        now = time.perf_counter()
+        if req.first_token_time is None:
+            req.first_token_time = now
+            for t in self.timings:
+                t.first_token(now - req.arrival_time)
+        elif self.timings and req.last_token_time is not None:
+            for t in self.timings:
+                t.inter_token(now - req.last_token_time)
+        req.last_token_time = now
 
     def _advance_matcher(self, req: Request, token: int) -> bool:
         """Feed the sampled token to the request's constraint, then append any forced

@@ -66,8 +66,9 @@ class GenerateOutput(NamedTuple):
 class StreamChunk(NamedTuple):
     """A piece of a streamed request: the text and token ids new since the previous chunk.
 
-    The last chunk of a request has `finish_reason` set and carries the whole result in
-    `output`.
+    Logprob entries are likewise those of the new tokens; the prompt's come with the first
+    chunk. The last chunk of a request has `finish_reason` set and carries the whole result
+    in `output`.
     """
 
     rid: str
@@ -75,3 +76,8 @@ class StreamChunk(NamedTuple):
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     output: GenerateOutput | None = None
+    cached_tokens: int = 0
+    output_logprobs: list[list] | None = None
+    output_top_logprobs: list[list[list]] | None = None
+    input_logprobs: list[list] | None = None
+    input_top_logprobs: list[list[list] | None] | None = None

@@ -94,8 +94,10 @@ class Request:
     stop_checked_chars: int = 0  # text already searched for stop strings
     streamed_chars: int = 0
     streamed_ids: int = 0
+    streamed_prompt_logprobs: bool = False
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
+    last_token_time: float | None = None
     finish_time: float | None = None
 
     def fill_slice(self, start: int, end: int) -> list[int]:

@@ -18,3 +18,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "$spec"
 fi
 .venv/bin/pip install --quiet -e ".[test]"
+# SGLang's frontend client, for the server's compatibility tests. Its wheel declares the
+# whole SGLang server stack (CUDA kernels...), so it goes in without dependencies; the few its
+# client imports are in the `test` extra.
+if ! .venv/bin/python -c "import sglang" 2>/dev/null; then
+  .venv/bin/pip install --quiet --no-deps "sglang==0.5.23"
+fi

@@ -1,0 +1,91 @@
+"""Chat messages to prompt tokens, through the tokenizer's chat template (or the server's
+`--chat-template`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .http_io import HTTPError
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def load_template(value: str | None) -> str | None:
+    """`--chat-template`: a file holding a Jinja template, or the template itself."""
+    if value is None:
+        return None
+    path = Path(value)
+    if "{" not in value and path.is_file():
+        return path.read_text()
+    if "{" not in value:
+        raise ValueError(f"chat_template: {value!r} is neither a file nor a Jinja template")
+    return value
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages as the template expects them: role and text content (parts joined)."""
+    if not isinstance(messages, list) or not messages:
+        raise HTTPError(400, "messages: expected a non-empty list of messages")
+    checked = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise HTTPError(400, f"{where}: expected an object with `role` and `content`")
+        role = m.get("role")
+        if role not in ROLES:
+            raise HTTPError(400, f"{where}.role: {role!r}; expected one of {', '.join(ROLES)}")
+        message = dict(m)
+        message["content"] = _text_content(m.get("content"), role, where)
+        checked.append(message)
+    return checked
+
+
+def _text_content(content: Any, role: str, where: str) -> str:
+    if content is None and role == "assistant":
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise HTTPError(
+                    400, f"{where}.content[{j}].type: {kind!r}; only text parts are supported"
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise HTTPError(400, f"{where}.content[{j}].text: expected a string")
+            texts.append(text)
+        return "".join(texts)
+    raise HTTPError(400, f"{where}.content: expected a string or a list of text parts")
+
+
+def chat_prompt_ids(
+    tokenizer: Any,
+    template: str | None,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool = True,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int]:
+    """Render the chat and tokenize it. The template writes any BOS itself, so the
+    tokenizer adds no special tokens of its own."""
+    template = template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise HTTPError(
+            400,
+            "messages: this model's tokenizer has no chat template; use /v1/completions "
+            "with a prompt, or start the server with --chat-template",
+        )
+    try:
+        text = tokenizer.apply_chat_template(
+            messages,
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **(template_kwargs or {}),
+        )
+    except Exception as exc:  # jinja's own errors, and templates' raise_exception
+        raise HTTPError(400, f"messages: the chat template refused them: {exc}") from None
+    return tokenizer.encode(text, add_special_tokens=False)

@@ -1,0 +1,71 @@
+"""What every route needs: the engine (behind its async client), the server's settings,
+the metrics, and one error policy for all handlers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..engine import Engine
+from .args import ServerArgs
+from .engine_client import EngineClient
+from .http_io import ClientGone, HTTPError, error_response
+from .metrics import Metrics
+
+logger = logging.getLogger("loomlm.server")
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+@dataclass
+class ServerContext:
+    engine: Engine
+    args: ServerArgs
+    client: EngineClient = field(init=False)
+    metrics: Metrics = field(init=False)
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.engine)
+        self.client = EngineClient(self.engine, self.metrics.finished)
+
+    @property
+    def model_name(self) -> str:
+        return self.args.served_model_name or self.args.model or self.engine.model_dir.name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def need_tokenizer(self, field_name: str) -> Any:
+        if self.engine.tokenizer is None:
+            raise HTTPError(
+                400, f"{field_name}: this server runs without a tokenizer; send token ids"
+            )
+        return self.engine.tokenizer
+
+
+def handler(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Turns what a route raises into a response: HTTPError as itself, a client that left
+    as nothing (499, which it never reads), anything else as 500 (logged)."""
+
+    @functools.wraps(fn)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except HTTPError as exc:
+            return error_response(exc)
+        except ClientGone:
+            return Response(status_code=499)
+        except Exception as exc:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return error_response(HTTPError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+    return wrapped

@@ -1,0 +1,129 @@
+"""The server's asynchronous view of an Engine: preparing requests off the event loop,
+receiving their events in order, and aborting whatever a caller stops waiting for."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+from ..engine import Engine
+from ..engine_inputs import RequestSpec
+from ..engine_loop import Event
+from ..outputs import GenerateOutput
+from .http_io import HTTPError
+
+logger = logging.getLogger("loomlm.server")
+
+
+def is_final(event: Event) -> bool:
+    return isinstance(event, GenerateOutput) or event.finish_reason is not None
+
+
+def final_output(event: Event) -> GenerateOutput:
+    out = event if isinstance(event, GenerateOutput) else event.output
+    assert out is not None
+    return out
+
+
+class RequestGroup:
+    """The requests of one HTTP call, submitted together. Iterate for (index, event) until
+    all have finished; `close()` (always called) aborts any that have not."""
+
+    def __init__(self, client: EngineClient, specs: list[RequestSpec], stream: bool) -> None:
+        self.client = client
+        self.index = {spec.rid: i for i, spec in enumerate(specs)}
+        self.pending = set(self.index)
+        loop = asyncio.get_running_loop()
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        put = self.inbox.put_nowait
+        for spec in specs:
+            client.engine.submit(spec, stream, lambda event: loop.call_soon_threadsafe(put, event))
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
+        while self.pending:
+            event = await self.inbox.get()
+            if is_final(event):
+                self.pending.discard(event.rid)
+                self.client.inflight.discard(event.rid)
+                out = final_output(event)
+                _log_finished(out)
+                self.client.on_finished(out)
+            yield self.index[event.rid], event
+
+    def close(self) -> None:
+        for rid in self.pending:
+            self.client.engine.abort(rid)
+        self.client.inflight.difference_update(self.index)
+        self.pending.clear()
+
+
+class EngineClient:
+    def __init__(
+        self, engine: Engine, on_finished: Callable[[GenerateOutput], None] = lambda out: None
+    ) -> None:
+        self.engine = engine
+        self.on_finished = on_finished
+        self.inflight: set[str] = set()  # engine request ids
+
+    async def prepare(self, **kwargs: Any) -> tuple[list[RequestSpec], bool]:
+        """Engine.prepare in a worker thread: tokenizing and compiling a grammar must not
+        hold up the event loop. A ValueError becomes HTTP 400."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, partial(self.engine.prepare, **kwargs))
+        except (ValueError, TypeError) as exc:
+            raise HTTPError(400, str(exc)) from None
+
+    def check_rids(self, specs: list[RequestSpec]) -> None:
+        """400 if a request id is already in flight (streams check before their headers)."""
+        taken = sorted(spec.rid for spec in specs if spec.rid in self.inflight)
+        if taken:
+            raise HTTPError(400, f"rid: {', '.join(taken)} already in flight")
+
+    def open(self, specs: list[RequestSpec], stream: bool) -> RequestGroup:
+        """Submit `specs`. A request id already in flight is refused (400)."""
+        self.check_rids(specs)
+        self.inflight.update(spec.rid for spec in specs)
+        return RequestGroup(self, specs, stream)
+
+    async def generate(self, specs: list[RequestSpec]) -> list[GenerateOutput]:
+        """Run `specs` to the end; cancelling the caller aborts them."""
+        outputs: list[GenerateOutput | None] = [None] * len(specs)
+        group = self.open(specs, stream=False)
+        try:
+            async for i, event in group:
+                outputs[i] = final_output(event)
+        finally:
+            group.close()
+        return outputs  # type: ignore[return-value]
+
+    def abort(self, rid: str) -> bool:
+        """Abort a request by the id its client gave (with all `n` samples of it). False
+        when no such request is in flight."""
+        rids = [r for r in self.inflight if r == rid or r.startswith(f"{rid}-")]
+        for r in rids:
+            self.engine.abort(r)
+        return bool(rids)
+
+    def abort_all(self) -> None:
+        self.engine.abort_all()
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking engine call (stats, flush) in a worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+
+
+def _log_finished(out: GenerateOutput) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "request %s: %d prompt (%d cached) + %d completion tokens, %.3f s, %s",
+            out.rid,
+            out.prompt_tokens,
+            out.cached_tokens,
+            out.completion_tokens,
+            out.e2e_latency,
+            out.finish_reason.type,
+        )

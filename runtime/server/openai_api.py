@@ -1,0 +1,280 @@
+"""The OpenAI API: /v1/models, /v1/completions and /v1/chat/completions, with streaming
+(server-sent events ending in `[DONE]`), n, stop, logprobs and usage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..engine_inputs import RequestSpec
+from ..outputs import GenerateOutput, StreamChunk
+from .chat_template import chat_prompt_ids, check_messages, load_template
+from .context import ServerContext, handler
+from .http_io import EventStream, HTTPError, json_response, read_json, unless_disconnected
+from .openai_request import OpenAIRequest, parse_chat, parse_completion
+
+
+def finish_reason(out: GenerateOutput) -> str:
+    return out.finish_reason.type  # "stop" | "length" | "abort", as SGLang reports them
+
+
+def usage(specs: list[RequestSpec], outputs: list[GenerateOutput]) -> dict[str, Any]:
+    """Each prompt counts once, however many samples it had (as OpenAI counts n > 1)."""
+    prompt = sum(len(s.prompt_ids) for s in specs if s.sample_index == 0)
+    completion = sum(o.completion_tokens for o in outputs)
+    cached = sum(o.cached_tokens for s, o in zip(specs, outputs) if s.sample_index == 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def completion_logprobs(entries: list[list], tops: list | None, offset: int = 0) -> dict[str, Any]:
+    """Legacy completions layout: parallel lists of tokens, logprobs, top-k dicts, offsets."""
+    tokens = [e[2] or "" for e in entries]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    top = None
+    if tops is not None:
+        top = [None if row is None else {e[2] or "": e[0] for e in row} for row in tops]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e[0] for e in entries],
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(entries: list[list], tops: list | None) -> dict[str, Any]:
+    def item(e: list) -> dict[str, Any]:
+        text = e[2] or ""
+        return {"token": text, "logprob": e[0], "bytes": list(text.encode())}
+
+    content = []
+    for k, e in enumerate(entries):
+        d = item(e)
+        d["top_logprobs"] = [item(t) for t in (tops[k] or [])] if tops is not None else []
+        content.append(d)
+    return {"content": content, "refusal": None}
+
+
+class OpenAIAPI:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.chat_template = load_template(ctx.args.chat_template)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/models", handler(self.models), methods=["GET"]),
+            Route("/v1/completions", handler(self.completions), methods=["POST"]),
+            Route("/v1/chat/completions", handler(self.chat), methods=["POST"]),
+        ]
+
+    async def models(self, request: Request) -> Response:
+        model = {
+            "id": self.ctx.model_name,
+            "object": "model",
+            "created": int(self.ctx.started),
+            "owned_by": "loomlm",
+            "root": self.ctx.args.model or str(self.ctx.engine.model_dir),
+            "max_model_len": self.ctx.engine.max_context,
+        }
+        return json_response({"object": "list", "data": [model]})
+
+    # -- /v1/completions -----------------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        body = await read_json(request, self.ctx.args.max_body_bytes)
+        req, echo = parse_completion(body)
+        kwargs = self._engine_kwargs(req, prompt_scores=echo)
+        specs, _ = await self.ctx.client.prepare(
+            prompt=body["prompt"], prompt_field="prompt", **kwargs
+        )
+        prompts = self._prompt_texts(body["prompt"], specs) if echo else None
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": self.ctx.model_name,
+        }
+        if req.stream:
+            self.ctx.client.check_rids(specs)
+            return EventStream(self._stream_completion(head, req, specs, prompts))  # type: ignore[return-value]
+        outputs = await unless_disconnected(request, self.ctx.client.generate(specs))
+        choices = []
+        for i, out in enumerate(outputs):
+            prefix = prompts[i] if prompts else ""
+            logprobs = None
+            if req.top_logprobs is not None:
+                entries = (out.input_token_logprobs or []) if echo else []
+                tops = None
+                if req.top_logprobs:
+                    tops = ((out.input_top_logprobs or []) if echo else []) + (
+                        out.output_top_logprobs or []
+                    )
+                logprobs = completion_logprobs(entries + (out.output_token_logprobs or []), tops)
+            choices.append(
+                {
+                    "index": i,
+                    "text": prefix + out.text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason(out),
+                }
+            )
+        return json_response({**head, "choices": choices, "usage": usage(specs, outputs)})
+
+    async def _stream_completion(
+        self,
+        head: dict[str, Any],
+        req: OpenAIRequest,
+        specs: list[RequestSpec],
+        prompts: list[str] | None,
+    ) -> AsyncIterator[Any]:
+        sent = [0] * len(specs)  # characters already sent per choice (for text_offset)
+        outputs: list[GenerateOutput | None] = [None] * len(specs)
+        extra = {"usage": None} if req.include_usage else {}
+        group = self.ctx.client.open(specs, stream=True)
+        try:
+            if prompts:
+                for i, p in enumerate(prompts):
+                    sent[i] = len(p)
+                    choice = {"index": i, "text": p, "logprobs": None, "finish_reason": None}
+                    yield {**head, "choices": [choice], **extra}
+            async for i, chunk in group:
+                assert isinstance(chunk, StreamChunk)
+                logprobs = None
+                if req.top_logprobs is not None:
+                    entries = (chunk.input_logprobs or []) if prompts else []
+                    entries = entries + (chunk.output_logprobs or [])
+                    tops = None
+                    if req.top_logprobs:
+                        tops = ((chunk.input_top_logprobs or []) if prompts else []) + (
+                            chunk.output_top_logprobs or []
+                        )
+                    logprobs = completion_logprobs(entries, tops, sent[i])
+                sent[i] += len(chunk.text)
+                reason = None
+                if chunk.output is not None:
+                    outputs[i] = chunk.output
+                    reason = finish_reason(chunk.output)
+                elif not chunk.text and logprobs is None:
+                    continue  # tokens whose text is held back: nothing to say yet
+                choice = {
+                    "index": i,
+                    "text": chunk.text,
+                    "logprobs": logprobs,
+                    "finish_reason": reason,
+                }
+                yield {**head, "choices": [choice], **extra}
+            if req.include_usage:
+                yield {**head, "choices": [], "usage": usage(specs, outputs)}  # type: ignore[arg-type]
+        finally:
+            group.close()
+
+    def _prompt_texts(self, prompt: Any, specs: list[RequestSpec]) -> list[str]:
+        """Each choice's prompt as text (echo): the caller's string, or its ids decoded."""
+        tok = self.ctx.need_tokenizer("echo")
+        texts: list[str] = []
+        given = [prompt] if isinstance(prompt, str) else prompt
+        k = -1
+        for spec in specs:
+            k += spec.sample_index == 0
+            p = given[k] if isinstance(given, list) and k < len(given) else None
+            texts.append(p if isinstance(p, str) else tok.decode(spec.prompt_ids))
+        return texts
+
+    # -- /v1/chat/completions ------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        body = await read_json(request, self.ctx.args.max_body_bytes)
+        req = parse_chat(body, default_max_tokens=self.ctx.engine.max_context)
+        messages = check_messages(body.get("messages"))
+        tok = self.ctx.need_tokenizer("messages")
+        add_generation = body.get("add_generation_prompt", True)
+        template_kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(template_kwargs, dict):
+            raise HTTPError(400, "chat_template_kwargs: expected an object")
+        ids = chat_prompt_ids(tok, self.chat_template, messages, add_generation, template_kwargs)
+        specs, _ = await self.ctx.client.prepare(
+            input_ids=ids, prompt_field="messages", **self._engine_kwargs(req, False)
+        )
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "created": created, "model": self.ctx.model_name}
+        if req.stream:
+            self.ctx.client.check_rids(specs)
+            return EventStream(self._stream_chat(head, req, specs))  # type: ignore[return-value]
+        outputs = await unless_disconnected(request, self.ctx.client.generate(specs))
+        choices = []
+        for i, out in enumerate(outputs):
+            logprobs = None
+            if req.top_logprobs is not None:
+                tops = out.output_top_logprobs if req.top_logprobs else None
+                logprobs = chat_logprobs(out.output_token_logprobs or [], tops)
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": out.text},
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason(out),
+                }
+            )
+        return json_response(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": choices,
+                "usage": usage(specs, outputs),
+            }
+        )
+
+    async def _stream_chat(
+        self, head: dict[str, Any], req: OpenAIRequest, specs: list[RequestSpec]
+    ) -> AsyncIterator[Any]:
+        head = {**head, "object": "chat.completion.chunk"}
+        extra = {"usage": None} if req.include_usage else {}
+        outputs: list[GenerateOutput | None] = [None] * len(specs)
+        group = self.ctx.client.open(specs, stream=True)
+        try:
+            for i in range(len(specs)):
+                delta = {"role": "assistant", "content": ""}
+                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield {**head, "choices": [choice], **extra}
+            async for i, chunk in group:
+                assert isinstance(chunk, StreamChunk)
+                logprobs = None
+                if req.top_logprobs is not None:
+                    tops = chunk.output_top_logprobs if req.top_logprobs else None
+                    logprobs = chat_logprobs(chunk.output_logprobs or [], tops)
+                reason = None
+                if chunk.output is not None:
+                    outputs[i] = chunk.output
+                    reason = finish_reason(chunk.output)
+                elif not chunk.text and logprobs is None:
+                    continue  # tokens whose text is held back: nothing to say yet
+                delta = {"content": chunk.text} if chunk.text else {}
+                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+                yield {**head, "choices": [choice], **extra}
+            if req.include_usage:
+                yield {**head, "choices": [], "usage": usage(specs, outputs)}  # type: ignore[arg-type]
+        finally:
+            group.close()
+
+    def _engine_kwargs(self, req: OpenAIRequest, prompt_scores: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"sampling_params": req.sampling_params, "rid": req.rid}
+        if req.top_logprobs is not None:
+            kwargs.update(
+                return_logprob=True,
+                top_logprobs_num=req.top_logprobs,
+                return_text_in_logprobs=True,
+                logprob_start_len=0 if prompt_scores else None,
+            )
+        return kwargs

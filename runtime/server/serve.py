@@ -1,0 +1,92 @@
+"""Running the app: uvicorn on the configured address. On SIGINT/SIGTERM it stops
+accepting connections, lets in-flight requests finish for `shutdown_timeout` seconds, then
+aborts the rest (their streams end with an `abort` event), and exits with status 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from ..engine import Engine
+from .app import create_app
+from .args import ServerArgs
+
+logger = logging.getLogger("loomlm.server")
+
+# After the abort, what aborted streams get to send their last event and close.
+_AFTER_ABORT = 5.0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, engine: Engine, abort_after: float) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self.abort_after = abort_after
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.abort_after, self._abort_in_flight)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+    def _abort_in_flight(self) -> None:
+        logger.warning("shutdown: aborting the requests still in flight")
+        self.engine.abort_all("the server is shutting down")
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own version re-raises the signal once shut down, which kills the
+        # process before the engine is stopped; here a signal only starts the shutdown.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def uvicorn_server(engine: Engine, args: ServerArgs) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(engine, args),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,  # the engine client logs a line per request, with its tokens
+        timeout_graceful_shutdown=args.shutdown_timeout + _AFTER_ABORT,
+        lifespan="off",
+    )
+    return _Server(config, engine, args.shutdown_timeout)
+
+
+def serve(args: ServerArgs) -> None:
+    """Load the engine, serve until SIGINT/SIGTERM, then stop everything."""
+    configure_logging(args.log_level)
+    engine = Engine(**args.engine_kwargs())
+    server = uvicorn_server(engine, args)
+    where = f"http://{args.host}:{args.port}"
+    logger.info("serving %s on %s", args.model or "the built-in model", where)
+    try:
+        server.run()
+    finally:
+        engine.shutdown()
+        logger.info("stopped")

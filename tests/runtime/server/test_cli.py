@@ -1,0 +1,117 @@
+"""`loomlm serve` as users run it: the console script, a request log line, the API key, and
+a clean exit on SIGTERM that finishes short requests and aborts long ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .live_server import free_port
+
+PROMPT = "Once upon a time"
+
+
+def loomlm_command() -> list[str]:
+    script = Path(sys.executable).parent / "loomlm"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("loomlm")
+    assert found, "the `loomlm` console script is not installed (pip install -e .)"
+    return [found]
+
+
+def stream_lines(url: str, body: dict, out: list) -> None:
+    headers = {"Authorization": "Bearer k3y"}
+    with httpx.stream("POST", f"{url}/generate", json=body, headers=headers, timeout=60) as r:
+        out.extend(line for line in r.iter_lines() if line)
+
+
+def test_serve_logs_guards_and_shuts_down_cleanly():
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *loomlm_command(),
+            "serve",
+            "--port",
+            str(port),
+            "--api-key",
+            "k3y",
+            "--shutdown-timeout",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        body = {"text": PROMPT, "rid": "logged-1", "sampling_params": {"max_new_tokens": 7}}
+        assert httpx.post(f"{url}/generate", json=body).status_code == 401
+        r = httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer k3y"})
+        assert r.status_code == 200
+
+        short, long = [], []
+        sampling = {"ignore_eos": True, "temperature": 0}
+        threads = [
+            threading.Thread(
+                target=stream_lines,
+                args=(
+                    url,
+                    {
+                        "text": PROMPT,
+                        "stream": True,
+                        "sampling_params": {**sampling, "max_new_tokens": 40},
+                    },
+                    short,
+                ),
+            ),
+            threading.Thread(
+                target=stream_lines,
+                args=(
+                    url,
+                    {
+                        "text": PROMPT,
+                        "stream": True,
+                        "sampling_params": {**sampling, "max_new_tokens": 100000},
+                    },
+                    long,
+                ),
+            ),
+        ]
+        for t in threads:
+            t.start()
+        while len(long) < 3:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read()
+    # the short stream finished during the graceful period, the long one was aborted
+    assert short[-1] == long[-1] == "data: [DONE]"
+    assert json.loads(short[-2][6:])["meta_info"]["finish_reason"]["type"] == "length"
+    last = json.loads(long[-2][6:])["meta_info"]["finish_reason"]
+    assert last["type"] == "abort" and "shutting down" in last["message"]
+    assert "request logged-1: 5 prompt (0 cached) + 7 completion tokens" in log
+    assert "127.0.0.1" in log and "stopped" in log
