@@ -136,9 +136,10 @@ class EngineLoop:
             event = self._chunk(req, len(req.text), output) if req.stream else output
         elif req.stream:
             hold = max((len(s) for s in req.params.stop), default=1) - 1
-            event = self._chunk(req, max(req.streamed_chars, len(req.text) - hold), None)
-            if not (event.text or event.token_ids):
-                return
+            text_end = max(req.streamed_chars, len(req.text) - hold)
+            if text_end == req.streamed_chars and len(req.output_ids) == req.streamed_ids:
+                return  # nothing new (a prefill chunk, or text held back)
+            event = self._chunk(req, text_end, None)
         else:
             return
         try:

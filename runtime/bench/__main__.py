@@ -1,10 +1,10 @@
-"""Benchmarks. `python -m loomlm.runtime.bench {offline,radix,constrained} --help`."""
+"""Benchmarks. `python -m loomlm.runtime.bench {offline,radix,constrained,serving,load} --help`."""
 
 from __future__ import annotations
 
 import argparse
 
-from . import constrained, offline, radix
+from . import constrained, load_test, offline, radix, serving
 
 
 def main() -> None:
@@ -19,6 +19,14 @@ def main() -> None:
     constrained.add_arguments(
         sub.add_parser("constrained", help="constrained decoding vs llguidance, xgrammar, outlines")
     )
+    serving.add_arguments(
+        sub.add_parser(
+            "serving", help="loomlm serve at several concurrencies vs the offline engine"
+        )
+    )
+    load_test.add_arguments(
+        sub.add_parser("load", help="load test: concurrent streaming clients, outputs checked")
+    )
     args = parser.parse_args()
     if args.command == "offline":
         offline.main(args)
@@ -26,6 +34,10 @@ def main() -> None:
         radix.main(args)
     elif args.command == "constrained":
         constrained.main(args)
+    elif args.command == "serving":
+        serving.main(args)
+    elif args.command == "load":
+        load_test.main(args)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,19 @@ def wait_until_quiet(max_seconds: float = 60.0, threshold: float = 0.05) -> floa
         load = foreign_cores(before, after) + stolen_cores(before, after)
         if load < threshold or time.perf_counter() > deadline:
             return load
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a running process has used so far (user + system)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds this process has used so far."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime

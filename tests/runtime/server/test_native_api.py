@@ -222,3 +222,25 @@ def test_abort_request_ends_a_running_request(http, server, engine):
     assert reason["type"] == "abort"
     assert http.post("/abort_request", json={"rid": "to-abort"}).json() == {"success": False}
     assert_pool_whole(engine)
+
+
+def test_streamed_prompt_logprobs_are_whole_when_the_prompt_was_chunked(http, server, engine):
+    """A long prompt arriving while another request decodes is prefilled in chunks; its
+    stream must still carry all of the prompt's logprobs."""
+    busy = {"text": PROMPT, "rid": "busy", "stream": True,
+            "sampling_params": {"max_new_tokens": 100000, "ignore_eos": True}}  # fmt: skip
+    long_ids = engine.tokenizer.encode("Once upon a time, there was a dog. " * 12)
+    assert len(long_ids) > 2 * 64  # over two CPU prefill chunks
+    body = {"input_ids": long_ids, "sampling_params": {"max_new_tokens": 3, "temperature": 0},
+            "return_logprob": True, "logprob_start_len": 0}  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=60) as other:
+        with other.stream("POST", "/generate", json=busy) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data:")
+            events = stream(http, body)
+            http.post("/abort_request", json={"rid": "busy"})
+            list(lines)
+    assert events[-1]["meta_info"]["cached_tokens"] < len(long_ids) - 64
+    for e in events:
+        inputs = e["meta_info"]["input_token_logprobs"]
+        assert len(inputs) == len(long_ids) and inputs[0][0] is None
