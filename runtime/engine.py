@@ -28,7 +28,7 @@ from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.json_format import JsonFormat
 from .detokenizer import IncrementalDetokenizer
 from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder
-from .engine_loop import EngineLoop, Event
+from .engine_loop import ArrivalWait, EngineLoop, Event
 from .kv_budget import kv_slots_for
 from .kv_pool import KVPool
 from .model_runner import ModelRunner
@@ -51,6 +51,9 @@ logger = logging.getLogger("loomlm.engine")
 # time to first token and halves how many short prompts join a busy engine per step. A GPU
 # computes thousands of rows in the time it takes to read the weights once.
 CHUNKED_PREFILL_SIZE = {"cpu": 64, "cuda": 2048}
+# Starting from an empty batch, how long to wait for the rest of a burst (see ArrivalWait):
+# a small share of one step's time on each device.
+ARRIVAL_WAIT = {"cpu": ArrivalWait(0.003, 0.03), "cuda": ArrivalWait(0.0005, 0.005)}
 
 
 class Engine:
@@ -171,7 +174,8 @@ class Engine:
         self.limits = Limits(config.vocab_size, self.max_context, slots)
         self._inputs = SpecBuilder(self.tokenizer, self.limits, self.grammars)
         self._rng = random.Random(seed)
-        self._loop = EngineLoop(self.scheduler, self.runner, self.outputs)
+        arrival_wait = ARRIVAL_WAIT.get(self.device.type, ARRIVAL_WAIT["cuda"])
+        self._loop = EngineLoop(self.scheduler, self.runner, self.outputs, arrival_wait)
         logger.info(
             "engine ready: %s, %s on %s, %d KV slots",
             self.model_dir.name,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .model_runner import ModelRunner
 from .output_processor import OutputProcessor
@@ -19,11 +21,36 @@ logger = logging.getLogger("loomlm.engine")
 Event = StreamChunk | GenerateOutput
 
 
+class ArrivalWait(NamedTuple):
+    """How the engine, starting from an empty batch, waits for the rest of a burst.
+
+    The requests of one burst (a batch job's clients, the next wave of a closed loop, a
+    program's branches sent over HTTP) reach the engine over a few milliseconds. Stepping on
+    the first alone leaves the rest to join behind its decode, where chunked prefill admits
+    one prompt chunk per step: 64 streams over HTTP lost 17-35% of their throughput to that
+    on CPU (bench serving, against the same requests submitted at one instant). So the
+    engine first waits until `gap` seconds pass with nothing new, `limit` seconds at most.
+    """
+
+    gap: float
+    limit: float
+
+
+NO_ARRIVAL_WAIT = ArrivalWait(0.0, 0.0)
+
+
 class EngineLoop:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        outputs: OutputProcessor,
+        arrival_wait: ArrivalWait = NO_ARRIVAL_WAIT,
+    ) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.outputs = outputs
+        self.arrival_wait = arrival_wait
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
@@ -91,7 +118,18 @@ class EngineLoop:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
+            if self.scheduler.num_running == 0 and self.arrival_wait.gap > 0:
+                self._await_burst()  # starting from an empty batch
             self._step()
+
+    def _await_burst(self) -> None:
+        deadline = time.perf_counter() + self.arrival_wait.limit
+        while not self._stopping:
+            self._drain_inbox()
+            left = deadline - time.perf_counter()
+            if left <= 0 or not self._wake.wait(min(self.arrival_wait.gap, left)):
+                return
+            self._wake.clear()
 
     def _step(self) -> None:
         sched = self.scheduler

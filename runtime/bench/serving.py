@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--request-rate", type=float, default=float("inf"), help="Poisson arrivals per second"
     )
     parser.add_argument("--max-total-tokens", type=int, default=65536, help="KV pool, both sides")
+    parser.add_argument(
+        "--chunked-prefill-size", type=int, default=None, help="both sides (default: the engine's)"
+    )
     parser.add_argument("--no-offline", action="store_true", help="skip the in-process engine")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", help="also write the results to this file")
@@ -122,7 +125,7 @@ def cpu_used(server: ServerProcess | None) -> float:
 class ServerProcess:
     """`loomlm serve` in a child process, on a free port, until stopped."""
 
-    def __init__(self, model: Path, max_total_tokens: int) -> None:
+    def __init__(self, model: Path, max_total_tokens: int, extra: list[str] = ()) -> None:
         import socket
 
         with socket.socket() as s:
@@ -132,7 +135,7 @@ class ServerProcess:
         cmd = [
             sys.executable, "-m", "loomlm.runtime.server", "serve",
             "--model", str(model), "--port", str(self.port),
-            "--max-total-tokens", str(max_total_tokens), "--log-level", "warning",
+            "--max-total-tokens", str(max_total_tokens), "--log-level", "warning", *extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd)
 
@@ -164,7 +167,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     results: list[dict[str, Any]] = []
-    server = None if args.base_url else ServerProcess(model, args.max_total_tokens)
+    engine_kwargs: dict[str, Any] = {"max_total_tokens": args.max_total_tokens}
+    extra: list[str] = []
+    if args.chunked_prefill_size is not None:
+        engine_kwargs["chunked_prefill_size"] = args.chunked_prefill_size
+        extra = ["--chunked-prefill-size", str(args.chunked_prefill_size)]
+    server = None if args.base_url else ServerProcess(model, args.max_total_tokens, extra)
     engine = None
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -178,8 +186,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if not args.no_offline:
                 from loomlm.runtime import Engine
 
-                engine = Engine(model, max_total_tokens=args.max_total_tokens)
+                engine = Engine(model, **engine_kwargs)
             warm = make_requests(2, args, vocab, seed=-1)
+            warm_args = argparse.Namespace(input_len=8, output_len=1, range_ratio=1.0)
             await run_all(warm, 2, over_http)
             if engine is not None:
                 await run_all(warm, 2, engine_sender(engine))
@@ -190,6 +199,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if engine is not None:
                     sides.append(("offline", engine_sender(engine)))
                 for side, send in sides:
+                    # `level` requests of one token first, so that the measured ones find
+                    # their connections open, as a client that keeps them alive does: a
+                    # burst of new connections reaches the server spread over ~70 ms.
+                    await run_all(make_requests(level, warm_args, vocab, seed=-2), level, send)
                     before, cpu_before = machine_load.sample(), cpu_used(server)
                     timings, wall = await run_all(requests, level, paced(send, args.request_rate))
                     cpu = cpu_used(server) - cpu_before

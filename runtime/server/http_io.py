@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -80,7 +80,7 @@ async def wait_for_disconnect(receive: Receive) -> None:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (which aborts its engine requests) if the client leaves."""
+    """Await `work`, cancelling it if the client leaves (the caller then aborts)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
     try:
@@ -107,8 +107,9 @@ class EventStream:
         (b"x-accel-buffering", b"no"),
     ]
 
-    def __init__(self, events: AsyncIterator[Any]) -> None:
+    def __init__(self, events: AsyncIterator[Any], on_close: Callable[[], None]) -> None:
         self.events = events
+        self.on_close = on_close  # runs even if the events never started (aborts them)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.media_headers})
@@ -121,8 +122,11 @@ class EventStream:
                 task.cancel()
             await asyncio.gather(pump, watcher, return_exceptions=True)
             aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                if aclose is not None:
+                    await aclose()
+            finally:
+                self.on_close()
 
     async def _pump(self, send: Send) -> None:
         try:

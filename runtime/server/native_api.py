@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
 from .context import ServerContext, handler
+from .engine_client import RequestGroup
 from .http_io import EventStream, HTTPError, json_response, read_json, unless_disconnected
 from .native_request import parse_generate
 
@@ -120,17 +121,21 @@ class NativeAPI:
         body = await read_json(request, self.ctx.args.max_body_bytes)
         parsed = parse_generate(body)
         specs, single = await self.ctx.client.prepare(**parsed.prepare_kwargs)
+        group = self.ctx.client.open(specs, stream=parsed.stream)
         if parsed.stream:
-            self.ctx.client.check_rids(specs)
-            return EventStream(self._stream(specs, single))  # type: ignore[return-value]
-        outputs = await unless_disconnected(request, self.ctx.client.generate(specs))
+            return EventStream(self._stream(group, specs, single), group.close)  # type: ignore[return-value]
+        try:
+            outputs = await unless_disconnected(request, group.results())
+        finally:
+            group.close()
         dicts = [response_dict(out) for out in outputs]
         return json_response(dicts[0] if single and len(dicts) == 1 else dicts)
 
-    async def _stream(self, specs: list[RequestSpec], single: bool) -> AsyncIterator[Any]:
+    async def _stream(
+        self, group: RequestGroup, specs: list[RequestSpec], single: bool
+    ) -> AsyncIterator[Any]:
         incremental = self.ctx.args.incremental_streaming_output
         states = [StreamState(spec, incremental) for spec in specs]
-        group = self.ctx.client.open(specs, stream=True)
         try:
             async for i, chunk in group:
                 event = states[i].event(chunk)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
 from .chat_template import chat_prompt_ids, check_messages, load_template
 from .context import ServerContext, handler
+from .engine_client import RequestGroup
 from .http_io import EventStream, HTTPError, json_response, read_json, unless_disconnected
 from .openai_request import OpenAIRequest, parse_chat, parse_completion
 
@@ -107,10 +108,15 @@ class OpenAIAPI:
             "created": created,
             "model": self.ctx.model_name,
         }
+        group = self.ctx.client.open(specs, stream=req.stream)
         if req.stream:
-            self.ctx.client.check_rids(specs)
-            return EventStream(self._stream_completion(head, req, specs, prompts))  # type: ignore[return-value]
-        outputs = await unless_disconnected(request, self.ctx.client.generate(specs))
+            return EventStream(
+                self._stream_completion(group, head, req, specs, prompts), group.close
+            )  # type: ignore[return-value]
+        try:
+            outputs = await unless_disconnected(request, group.results())
+        finally:
+            group.close()
         choices = []
         for i, out in enumerate(outputs):
             prefix = prompts[i] if prompts else ""
@@ -135,6 +141,7 @@ class OpenAIAPI:
 
     async def _stream_completion(
         self,
+        group: RequestGroup,
         head: dict[str, Any],
         req: OpenAIRequest,
         specs: list[RequestSpec],
@@ -143,7 +150,6 @@ class OpenAIAPI:
         sent = [0] * len(specs)  # characters already sent per choice (for text_offset)
         outputs: list[GenerateOutput | None] = [None] * len(specs)
         extra = {"usage": None} if req.include_usage else {}
-        group = self.ctx.client.open(specs, stream=True)
         try:
             if prompts:
                 for i, p in enumerate(prompts):
@@ -209,10 +215,13 @@ class OpenAIAPI:
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": self.ctx.model_name}
+        group = self.ctx.client.open(specs, stream=req.stream)
         if req.stream:
-            self.ctx.client.check_rids(specs)
-            return EventStream(self._stream_chat(head, req, specs))  # type: ignore[return-value]
-        outputs = await unless_disconnected(request, self.ctx.client.generate(specs))
+            return EventStream(self._stream_chat(group, head, req, specs), group.close)  # type: ignore[return-value]
+        try:
+            outputs = await unless_disconnected(request, group.results())
+        finally:
+            group.close()
         choices = []
         for i, out in enumerate(outputs):
             logprobs = None
@@ -237,12 +246,15 @@ class OpenAIAPI:
         )
 
     async def _stream_chat(
-        self, head: dict[str, Any], req: OpenAIRequest, specs: list[RequestSpec]
+        self,
+        group: RequestGroup,
+        head: dict[str, Any],
+        req: OpenAIRequest,
+        specs: list[RequestSpec],
     ) -> AsyncIterator[Any]:
         head = {**head, "object": "chat.completion.chunk"}
         extra = {"usage": None} if req.include_usage else {}
         outputs: list[GenerateOutput | None] = [None] * len(specs)
-        group = self.ctx.client.open(specs, stream=True)
         try:
             for i in range(len(specs)):
                 delta = {"role": "assistant", "content": ""}

@@ -236,3 +236,25 @@ def test_multibyte_text_streams_without_broken_characters(engine):
     pieces = [detok.step([t]) for t in ids] + [detok.flush([])]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == engine.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_burst_arriving_over_milliseconds_is_prefilled_in_one_step(engine):
+    """Coming out of idle, the engine waits for the rest of a burst (requests a millisecond
+    apart, as HTTP delivers them) instead of stepping on the first and then admitting one
+    prompt chunk per step behind its decode."""
+    import queue as queue_module
+
+    prompts = prompts_of_lengths([60] * 6, engine.model_config.vocab_size, seed=3)
+    params = {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True}
+    inbox = queue_module.SimpleQueue()
+    time.sleep(0.1)  # the engine is idle
+    steps_before = engine.stats()["num_steps"]
+    for ids in prompts:
+        (spec,), _ = engine.prepare(input_ids=ids, sampling_params=params)
+        engine.submit(spec, False, inbox.put)
+        time.sleep(0.001)
+    outs = [inbox.get(timeout=60) for _ in prompts]
+    assert all(o.completion_tokens == 4 for o in outs)
+    # one step prefills all six (6 x 60 tokens; no decode is running yet to be protected
+    # by chunking), then three decode steps
+    assert engine.stats()["num_steps"] - steps_before == 4
