@@ -112,17 +112,20 @@ class EventStream:
         self.on_close = on_close  # runs even if the events never started (aborts them)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.media_headers})
-        pump = asyncio.ensure_future(self._pump(send))
-        watcher = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
-            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, watcher):
-                task.cancel()
-            await asyncio.gather(pump, watcher, return_exceptions=True)
-            aclose = getattr(self.events, "aclose", None)
+            start = {"type": "http.response.start", "status": 200, "headers": self.media_headers}
+            await send(start)
+            pump = asyncio.ensure_future(self._pump(send))
+            watcher = asyncio.ensure_future(wait_for_disconnect(receive))
             try:
+                await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pump, watcher):
+                    task.cancel()
+                await asyncio.gather(pump, watcher, return_exceptions=True)
+        finally:
+            try:
+                aclose = getattr(self.events, "aclose", None)
                 if aclose is not None:
                     await aclose()
             finally:

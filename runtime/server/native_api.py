@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +20,7 @@ from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
-from .http_io import EventStream, HTTPError, json_response, read_json, unless_disconnected
+from .http_io import HTTPError, json_response, read_json
 from .native_request import parse_generate
 
 HEALTH_GENERATE_TIMEOUT = 20.0
@@ -121,13 +122,10 @@ class NativeAPI:
         body = await read_json(request, self.ctx.args.max_body_bytes)
         parsed = parse_generate(body)
         specs, single = await self.ctx.client.prepare(**parsed.prepare_kwargs)
-        group = self.ctx.client.open(specs, stream=parsed.stream)
         if parsed.stream:
-            return EventStream(self._stream(group, specs, single), group.close)  # type: ignore[return-value]
-        try:
-            outputs = await unless_disconnected(request, group.results())
-        finally:
-            group.close()
+            events = partial(self._stream, specs=specs, single=single)
+            return self.ctx.client.stream(specs, events)  # type: ignore[return-value]
+        outputs = await self.ctx.client.outputs(request, specs)
         dicts = [response_dict(out) for out in outputs]
         return json_response(dicts[0] if single and len(dicts) == 1 else dicts)
 
@@ -150,7 +148,9 @@ class NativeAPI:
         return json_response(
             {
                 "model_path": self.ctx.args.model or str(engine.model_dir),
-                "tokenizer_path": self.ctx.args.tokenizer or self.ctx.args.model,
+                "tokenizer_path": self.ctx.args.tokenizer
+                or self.ctx.args.model
+                or str(engine.model_dir),
                 "served_model_name": self.ctx.model_name,
                 "is_generation": True,
                 "max_context_length": engine.max_context,

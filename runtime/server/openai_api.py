@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from ..outputs import GenerateOutput, StreamChunk
 from .chat_template import chat_prompt_ids, check_messages, load_template
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
-from .http_io import EventStream, HTTPError, json_response, read_json, unless_disconnected
+from .http_io import HTTPError, json_response, read_json
 from .openai_request import OpenAIRequest, parse_chat, parse_completion
 
 
@@ -108,15 +109,12 @@ class OpenAIAPI:
             "created": created,
             "model": self.ctx.model_name,
         }
-        group = self.ctx.client.open(specs, stream=req.stream)
         if req.stream:
-            return EventStream(
-                self._stream_completion(group, head, req, specs, prompts), group.close
-            )  # type: ignore[return-value]
-        try:
-            outputs = await unless_disconnected(request, group.results())
-        finally:
-            group.close()
+            events = partial(
+                self._stream_completion, head=head, req=req, specs=specs, prompts=prompts
+            )
+            return self.ctx.client.stream(specs, events)  # type: ignore[return-value]
+        outputs = await self.ctx.client.outputs(request, specs)
         choices = []
         for i, out in enumerate(outputs):
             prefix = prompts[i] if prompts else ""
@@ -215,13 +213,10 @@ class OpenAIAPI:
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": self.ctx.model_name}
-        group = self.ctx.client.open(specs, stream=req.stream)
         if req.stream:
-            return EventStream(self._stream_chat(group, head, req, specs), group.close)  # type: ignore[return-value]
-        try:
-            outputs = await unless_disconnected(request, group.results())
-        finally:
-            group.close()
+            events = partial(self._stream_chat, head=head, req=req, specs=specs)
+            return self.ctx.client.stream(specs, events)  # type: ignore[return-value]
+        outputs = await self.ctx.client.outputs(request, specs)
         choices = []
         for i, out in enumerate(outputs):
             logprobs = None

@@ -69,33 +69,13 @@ def test_serve_logs_guards_and_shuts_down_cleanly():
         assert r.status_code == 200
 
         short, long = [], []
-        sampling = {"ignore_eos": True, "temperature": 0}
-        threads = [
-            threading.Thread(
-                target=stream_lines,
-                args=(
-                    url,
-                    {
-                        "text": PROMPT,
-                        "stream": True,
-                        "sampling_params": {**sampling, "max_new_tokens": 40},
-                    },
-                    short,
-                ),
-            ),
-            threading.Thread(
-                target=stream_lines,
-                args=(
-                    url,
-                    {
-                        "text": PROMPT,
-                        "stream": True,
-                        "sampling_params": {**sampling, "max_new_tokens": 100000},
-                    },
-                    long,
-                ),
-            ),
-        ]
+
+        def streamer(max_new_tokens: int, out: list) -> threading.Thread:
+            params = {"ignore_eos": True, "temperature": 0, "max_new_tokens": max_new_tokens}
+            body = {"text": PROMPT, "stream": True, "sampling_params": params}
+            return threading.Thread(target=stream_lines, args=(url, body, out))
+
+        threads = [streamer(40, short), streamer(100000, long)]
         for t in threads:
             t.start()
         while len(long) < 3:
