@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -137,7 +137,7 @@ class OpenAIAPI:
             )
         return json_response({**head, "choices": choices, "usage": usage(specs, outputs)})
 
-    async def _stream_completion(
+    def _stream_completion(
         self,
         group: RequestGroup,
         head: dict[str, Any],
@@ -146,44 +146,28 @@ class OpenAIAPI:
         prompts: list[str] | None,
     ) -> AsyncIterator[Any]:
         sent = [0] * len(specs)  # characters already sent per choice (for text_offset)
-        outputs: list[GenerateOutput | None] = [None] * len(specs)
-        extra = {"usage": None} if req.include_usage else {}
-        try:
-            if prompts:
-                for i, p in enumerate(prompts):
-                    sent[i] = len(p)
-                    choice = {"index": i, "text": p, "logprobs": None, "finish_reason": None}
-                    yield {**head, "choices": [choice], **extra}
-            async for i, chunk in group:
-                assert isinstance(chunk, StreamChunk)
-                logprobs = None
-                if req.top_logprobs is not None:
-                    entries = (chunk.input_logprobs or []) if prompts else []
-                    entries = entries + (chunk.output_logprobs or [])
-                    tops = None
-                    if req.top_logprobs:
-                        tops = ((chunk.input_top_logprobs or []) if prompts else []) + (
-                            chunk.output_top_logprobs or []
-                        )
-                    logprobs = completion_logprobs(entries, tops, sent[i])
-                sent[i] += len(chunk.text)
-                reason = None
-                if chunk.output is not None:
-                    outputs[i] = chunk.output
-                    reason = finish_reason(chunk.output)
-                elif not chunk.text and logprobs is None:
-                    continue  # tokens whose text is held back: nothing to say yet
-                choice = {
-                    "index": i,
-                    "text": chunk.text,
-                    "logprobs": logprobs,
-                    "finish_reason": reason,
-                }
-                yield {**head, "choices": [choice], **extra}
-            if req.include_usage:
-                yield {**head, "choices": [], "usage": usage(specs, outputs)}  # type: ignore[arg-type]
-        finally:
-            group.close()
+        openings = []
+        for i, p in enumerate(prompts or []):
+            sent[i] = len(p)
+            openings.append({"index": i, "text": p, "logprobs": None, "finish_reason": None})
+
+        def fields(i: int, chunk: StreamChunk, final: bool) -> dict[str, Any] | None:
+            logprobs = None
+            if req.top_logprobs is not None:
+                entries = (chunk.input_logprobs or []) if prompts else []
+                entries = entries + (chunk.output_logprobs or [])
+                tops = None
+                if req.top_logprobs:
+                    tops = ((chunk.input_top_logprobs or []) if prompts else []) + (
+                        chunk.output_top_logprobs or []
+                    )
+                logprobs = completion_logprobs(entries, tops, sent[i])
+            sent[i] += len(chunk.text)
+            if not (final or chunk.text or logprobs is not None):
+                return None
+            return {"text": chunk.text, "logprobs": logprobs}
+
+        return self._stream_choices(group, head, req, specs, openings, fields)
 
     def _prompt_texts(self, prompt: Any, specs: list[RequestSpec]) -> list[str]:
         """Each choice's prompt as text (echo): the caller's string, or its ids decoded."""
@@ -240,35 +224,59 @@ class OpenAIAPI:
             }
         )
 
-    async def _stream_chat(
+    def _stream_chat(
         self,
         group: RequestGroup,
         head: dict[str, Any],
         req: OpenAIRequest,
         specs: list[RequestSpec],
     ) -> AsyncIterator[Any]:
+        delta = {"role": "assistant", "content": ""}
+        openings = [
+            {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+            for i in range(len(specs))
+        ]
+
+        def fields(i: int, chunk: StreamChunk, final: bool) -> dict[str, Any] | None:
+            logprobs = None
+            if req.top_logprobs is not None:
+                tops = chunk.output_top_logprobs if req.top_logprobs else None
+                logprobs = chat_logprobs(chunk.output_logprobs or [], tops)
+            if not (final or chunk.text or logprobs is not None):
+                return None
+            return {"delta": {"content": chunk.text} if chunk.text else {}, "logprobs": logprobs}
+
         head = {**head, "object": "chat.completion.chunk"}
+        return self._stream_choices(group, head, req, specs, openings, fields)
+
+    async def _stream_choices(
+        self,
+        group: RequestGroup,
+        head: dict[str, Any],
+        req: OpenAIRequest,
+        specs: list[RequestSpec],
+        openings: list[dict[str, Any]],
+        fields: Callable[[int, StreamChunk, bool], dict[str, Any] | None],
+    ) -> AsyncIterator[Any]:
+        """What both endpoints stream: the opening choices, then a choice per chunk with
+        something to say (`fields` gives its content; None while text is held back), its
+        finish reason on the last, and with include_usage a closing usage event."""
         extra = {"usage": None} if req.include_usage else {}
         outputs: list[GenerateOutput | None] = [None] * len(specs)
         try:
-            for i in range(len(specs)):
-                delta = {"role": "assistant", "content": ""}
-                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+            for choice in openings:
                 yield {**head, "choices": [choice], **extra}
             async for i, chunk in group:
                 assert isinstance(chunk, StreamChunk)
-                logprobs = None
-                if req.top_logprobs is not None:
-                    tops = chunk.output_top_logprobs if req.top_logprobs else None
-                    logprobs = chat_logprobs(chunk.output_logprobs or [], tops)
+                final = chunk.output is not None
+                content = fields(i, chunk, final)
+                if content is None:
+                    continue
                 reason = None
                 if chunk.output is not None:
                     outputs[i] = chunk.output
                     reason = finish_reason(chunk.output)
-                elif not chunk.text and logprobs is None:
-                    continue  # tokens whose text is held back: nothing to say yet
-                delta = {"content": chunk.text} if chunk.text else {}
-                choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+                choice = {"index": i, **content, "finish_reason": reason}
                 yield {**head, "choices": [choice], **extra}
             if req.include_usage:
                 yield {**head, "choices": [], "usage": usage(specs, outputs)}  # type: ignore[arg-type]
