@@ -136,6 +136,11 @@ def warm_up(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
     """
     if _compile_failed:
         return
+    with torch.inference_mode():  # the runner's mode: a compile is specific to the grad mode
+        _warm_up(num_heads, num_kv_heads, head_dim, dtype)
+
+
+def _warm_up(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
     k_cache = torch.zeros(4, num_kv_heads, head_dim, dtype=dtype)
     for batch in (1, 2):
         for length in (1, 2):
