@@ -1,6 +1,6 @@
-"""Quickstart: the engine on the built-in TinyStories 260K model, no download needed.
+"""The engine alone (no language): the engine on the built-in TinyStories 260K model, no download needed.
 
-python examples/quickstart.py
+python examples/engine_quickstart.py
 """
 
 from __future__ import annotations

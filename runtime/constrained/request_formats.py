@@ -1,28 +1,11 @@
-"""How the other front ends spell constraints, turned into `sampling_params` keys.
+"""OpenAI's `response_format` (for the server's /v1 endpoints) as `sampling_params` keys.
 
-OpenAI's `response_format` (for the server's /v1 endpoints) and SGLang's `gen(dtype=...)`
-(for the language) both end up as a `json_schema` or a `regex`.
+(The language's `gen(dtype=...)` regexes live with the language, in `loomlm.ir`.)
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-# SGLang's frontend regexes for gen(dtype=...); int and float also stop at a space/newline.
-DTYPE_REGEX = {
-    "int": r"[-+]?[0-9]+",
-    "float": r"[-+]?[0-9]*\.?[0-9]+",
-    "bool": r"(True|False)",
-    "str": r'"[\w\d\s]*"',
-}
-
-
-def dtype_regex(dtype: Any) -> str:
-    """The regex a `gen(dtype=...)` compiles to: int, float, bool or str (the type or its name)."""
-    name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", None)
-    if name not in DTYPE_REGEX:
-        raise ValueError(f"dtype: {dtype!r}; expected one of int, float, bool, str")
-    return DTYPE_REGEX[name]
 
 
 def response_format_params(response_format: Any) -> dict[str, Any]:

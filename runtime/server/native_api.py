@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
+from .chat_template import load_template
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
 from .http_io import HTTPError, json_response, read_json
@@ -145,8 +146,15 @@ class NativeAPI:
 
     async def model_info(self, request: Request) -> Response:
         engine = self.ctx.engine
+        tok = engine.tokenizer
+        # The chat template and special tokens let loomlm's RuntimeEndpoint write the same
+        # role text as a program on the in-process engine (SGLang's client ignores them).
+        template = load_template(self.ctx.args.chat_template) or getattr(tok, "chat_template", None)
         return json_response(
             {
+                "chat_template": template if isinstance(template, str) else None,
+                "bos_token": getattr(tok, "bos_token", None),
+                "eos_token": getattr(tok, "eos_token", None),
                 "model_path": self.ctx.args.model or str(engine.model_dir),
                 "tokenizer_path": self.ctx.args.tokenizer
                 or self.ctx.args.model

@@ -1,4 +1,4 @@
-"""OpenAI response_format and gen(dtype=...) map onto sampling_params constraints."""
+"""OpenAI response_format maps onto sampling_params constraints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 from loomlm.runtime import SamplingParams
-from loomlm.runtime.constrained.request_formats import dtype_regex, response_format_params
+from loomlm.runtime.constrained.request_formats import response_format_params
 
 
 def test_response_format_maps_to_constraint_keys():
@@ -35,15 +35,3 @@ def test_response_format_maps_to_constraint_keys():
 def test_bad_response_formats_name_the_field(bad, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         response_format_params(bad)
-
-
-@pytest.mark.parametrize(
-    "dtype, good, bad",
-    [(int, "-42", "4.2"), (float, "3.25", "3."), (bool, "True", "true"), (str, '"a b 1"', "a")],
-)
-def test_dtype_regexes(dtype, good, bad):
-    rx = dtype_regex(dtype)
-    assert re.fullmatch(rx, good) and not re.fullmatch(rx, bad)
-    assert dtype_regex(dtype.__name__) == rx
-    with pytest.raises(ValueError, match="dtype"):
-        dtype_regex(list)
