@@ -23,17 +23,35 @@ BENCH_SHAPE = dict(
 )
 
 
-def bench_model_dir(cache: str | Path | None = None) -> Path:
-    """Create (once) and return the hidden-768, 12-layer float32 Llama checkpoint."""
+def bench_model_dir(cache: str | Path | None = None, with_tokenizer: bool = False) -> Path:
+    """Create (once) and return the hidden-768, 12-layer float32 Llama checkpoint.
+
+    `with_tokenizer`: the same shape with the built-in model's 512-token vocabulary and its
+    tokenizer, for benchmarks that send text (language programs).
+    """
     root = Path(cache or os.environ.get("LOOMLM_BENCH_CACHE", Path.home() / ".cache" / "loomlm"))
-    path = root / "llama-h768-l12-v32000-f32"
+    shape = dict(BENCH_SHAPE, vocab_size=512) if with_tokenizer else BENCH_SHAPE
+    path = root / f"llama-h768-l12-v{shape['vocab_size']}-f32"
     if (path / "config.json").exists():
         return path
+    import shutil
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**BENCH_SHAPE)).float()
+    model = LlamaForCausalLM(LlamaConfig(**shape)).float()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
+    if with_tokenizer:
+        from ..models.loader import resolve_model_dir
+
+        source = resolve_model_dir(None)
+        for name in (
+            "tokenizer.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ):
+            shutil.copy(source / name, path / name)
     return path
