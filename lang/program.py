@@ -211,7 +211,7 @@ def _run_pool(
     states: list[Any] = [None] * len(batch)
     bar = None
     if progress_bar:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text: tqdm.auto wants ipywidgets in notebooks
 
         bar = tqdm(total=len(batch), desc=getattr(func, "__name__", "program"))
     pending: set[Future] = set()
