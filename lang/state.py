@@ -9,9 +9,10 @@ from typing import Any
 
 from . import ir
 from .executor import Executor
+from .roles import RoleMethods
 
 
-class ProgramState:
+class ProgramState(RoleMethods):
     """The state of one running program: its text, chat messages and named results.
 
     Example::
@@ -34,29 +35,8 @@ class ProgramState:
         self._executor.submit(ir.to_expr(other))
         return self
 
-    def _role(self, role: str, expr: Any) -> Any:
-        if expr is None:
-            return self._role_scope(role)
-        self += ir.ExprList([ir.RoleBegin(role), ir.to_expr(expr), ir.RoleEnd(role)])
-        return None
-
-    @contextlib.contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self._executor.submit(ir.RoleBegin(role))
-        yield
-        self._executor.submit(ir.RoleEnd(role))
-
-    def system(self, expr: Any = None) -> Any:
-        """Append a system turn, or, without `expr`, open one: `with s.system(): s += ...`."""
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        """Append a user turn, or, without `expr`, open one: `with s.user(): s += ...`."""
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        """Append an assistant turn, or, without `expr`, open one."""
-        return self._role("assistant", expr)
+    def _add_expr(self, expr: ir.Expr) -> None:
+        self._executor.submit(expr)
 
     @contextlib.contextmanager
     def var_scope(self, name: str) -> Iterator[None]:
@@ -129,39 +109,43 @@ class ProgramState:
 
         Chunks may join up several tokens; their concatenation is the final text.
         """
-        executor = self._executor
         sent, version = 0, -1
         while True:
-            done = self._done(var_name)
-            current = self._current(var_name)
-            if len(current) > sent:
-                yield current[sent:]
-                sent = len(current)
+            chunk, done = self._next_chunk(var_name, sent)
+            if chunk:
+                sent += len(chunk)
+                yield chunk
+                continue  # look again at once: more may have come meanwhile
             if done:
-                executor.raise_error()
                 return
-            version = executor.wait_change(version, timeout=0.5)
+            version = self._executor.wait_change(version, timeout=0.5)
 
     async def text_async_iter(
         self, var_name: str | None = None, return_meta_data: bool = False
     ) -> AsyncIterator[Any]:
         """`text_iter` for asyncio: `async for chunk in state.text_async_iter("answer")`."""
-        executor = self._executor
         sent, version = 0, -1
         while True:
-            done = self._done(var_name)
-            current = self._current(var_name)
-            if len(current) > sent:
-                chunk = current[sent:]
-                sent = len(current)
+            chunk, done = self._next_chunk(var_name, sent)
+            if chunk:
+                sent += len(chunk)
                 if return_meta_data and var_name is not None:
-                    yield chunk, executor.meta_info.get(var_name)
+                    yield chunk, self._executor.meta_info.get(var_name)
                 else:
                     yield chunk
+                continue
             if done:
-                executor.raise_error()
                 return
-            version = await asyncio.to_thread(executor.wait_change, version, 0.5)
+            version = await asyncio.to_thread(self._executor.wait_change, version, 0.5)
+
+    def _next_chunk(self, var_name: str | None, sent: int) -> tuple[str, bool]:
+        """The text past `sent`, and whether no more will come (raising the program's error
+        once it has ended)."""
+        done = self._done(var_name)
+        chunk = self._current(var_name)[sent:]
+        if done and not chunk:
+            self._executor.raise_error()
+        return chunk, done and not chunk
 
     def _done(self, var_name: str | None) -> bool:
         executor = self._executor

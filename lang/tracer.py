@@ -7,12 +7,12 @@ what was written before it is the prefix every program of the batch shares.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import ir
 from .chat_template import ChatTemplate
+from .roles import RoleMethods
 
 
 class _StopTrace(Exception):
@@ -49,7 +49,7 @@ class _Argument:
     __hash__ = None  # type: ignore[assignment]
 
 
-class _TracerState:
+class _TracerState(RoleMethods):
     def __init__(self, template: ChatTemplate) -> None:
         self.template = template
         self.text = ""
@@ -58,6 +58,9 @@ class _TracerState:
     def __iadd__(self, other: Any) -> _TracerState:
         self._add(ir.to_expr(other) if isinstance(other, (str, ir.Expr)) else _stop())
         return self
+
+    def _add_expr(self, expr: ir.Expr) -> None:
+        self._add(expr)
 
     def _add(self, expr: ir.Expr) -> None:
         if isinstance(expr, ir.ExprList):
@@ -78,27 +81,6 @@ class _TracerState:
             self.role = None
         else:
             raise _StopTrace
-
-    def _role(self, role: str, expr: Any = None) -> Any:
-        if expr is None:
-            return self._scope(role)
-        self += ir.ExprList([ir.RoleBegin(role), ir.to_expr(expr), ir.RoleEnd(role)])
-        return None
-
-    @contextlib.contextmanager
-    def _scope(self, role: str) -> Iterator[None]:
-        self._add(ir.RoleBegin(role))
-        yield
-        self._add(ir.RoleEnd(role))
-
-    def system(self, expr: Any = None) -> Any:
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        return self._role("assistant", expr)
 
     def __getattr__(self, name: str) -> Any:
         raise _StopTrace
