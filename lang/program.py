@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ from .backends.resolve import resolve_backend
 from .executor import Executor
 from .state import ProgramState
 from .tracer import trace_prefix
+
+logger = logging.getLogger(__name__)
 
 # A shared first segment shorter than this is not worth a request of its own (SGLang's
 # threshold, in characters).
@@ -151,7 +154,10 @@ class Function:
     def _precache(self, backend: Backend) -> None:
         prefix = trace_prefix(self.func, self.arg_names, self.bind_arguments, backend.chat_template)
         if len(prefix) >= PRECACHE_MIN_CHARS:
-            backend.cache_prefix(prefix)
+            try:
+                backend.cache_prefix(prefix)
+            except Exception as exc:  # an optimisation: the programs themselves still run
+                logger.warning("run_batch: caching the shared prefix failed: %s", exc)
 
     def _arguments(self, args: tuple | list, kwargs: dict[str, Any]) -> dict[str, Any]:
         if len(args) > len(self.arg_names):
