@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from ..engine import Engine
 from .args import ServerArgs
+from .chat_template import load_template
 from .engine_client import EngineClient
 from .http_io import ClientGone, HTTPError, error_response
 from .metrics import Metrics
@@ -30,11 +31,14 @@ class ServerContext:
     args: ServerArgs
     client: EngineClient = field(init=False)
     metrics: Metrics = field(init=False)
+    # --chat-template's text (read once, from a file or as given); None: the tokenizer's own
+    chat_template: str | None = field(init=False)
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.engine)
         self.client = EngineClient(self.engine, self.metrics.finished)
+        self.chat_template = load_template(self.args.chat_template)
 
     @property
     def model_name(self) -> str:

@@ -18,7 +18,6 @@ from starlette.routing import Route
 
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
-from .chat_template import load_template
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
 from .http_io import HTTPError, json_response, read_json
@@ -149,7 +148,7 @@ class NativeAPI:
         tok = engine.tokenizer
         # The chat template and special tokens let loomlm's RuntimeEndpoint write the same
         # role text as a program on the in-process engine (SGLang's client ignores them).
-        template = load_template(self.ctx.args.chat_template) or getattr(tok, "chat_template", None)
+        template = self.ctx.chat_template or getattr(tok, "chat_template", None)
         return json_response(
             {
                 "chat_template": template if isinstance(template, str) else None,

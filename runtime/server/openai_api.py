@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
-from .chat_template import chat_prompt_ids, check_messages, load_template
+from .chat_template import chat_prompt_ids, check_messages
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
 from .http_io import HTTPError, json_response, read_json
@@ -73,7 +73,6 @@ def chat_logprobs(entries: list[list], tops: list | None) -> dict[str, Any]:
 class OpenAIAPI:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.chat_template = load_template(ctx.args.chat_template)
 
     def routes(self) -> list[Route]:
         return [
@@ -191,7 +190,9 @@ class OpenAIAPI:
         template_kwargs = body.get("chat_template_kwargs") or {}
         if not isinstance(template_kwargs, dict):
             raise HTTPError(400, "chat_template_kwargs: expected an object")
-        ids = chat_prompt_ids(tok, self.chat_template, messages, add_generation, template_kwargs)
+        ids = chat_prompt_ids(
+            tok, self.ctx.chat_template, messages, add_generation, template_kwargs
+        )
         specs, _ = await self.ctx.client.prepare(
             input_ids=ids, prompt_field="messages", **self._engine_kwargs(req, False)
         )
