@@ -27,7 +27,7 @@ from .attention.torch_backend import TorchAttention
 from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.json_format import JsonFormat
 from .detokenizer import IncrementalDetokenizer
-from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder
+from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder, prompt_chars_bound
 from .engine_loop import ArrivalWait, EngineLoop, Event
 from .kv_budget import kv_slots_for
 from .kv_pool import KVPool
@@ -39,6 +39,7 @@ from .outputs import GenerateOutput, StreamChunk
 from .prefix_cache import NoPrefixCache
 from .radix_cache import RadixCache
 from .request import Request
+from .request_limits import RequestLimits
 from .scheduler import Scheduler, SchedulerConfig
 from .tokenizer import load_tokenizer
 
@@ -86,6 +87,12 @@ class Engine:
         grammar_compile_timeout: seconds a constraint may take to compile before the
             request is refused.
         seed: seeds the random streams of requests that give no seed of their own.
+        limits: what one request may ask for and how many may be in flight (RequestLimits:
+            n, top logprobs, stop strings, constraint sizes, the queue).
+
+    Errors: bad input raises ValueError naming the field; a call that would pass
+    `limits.max_queued_requests` raises EngineOverloadedError; if the engine thread ever
+    dies, calls in flight and later ones raise EngineDeadError.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Engine:
         json_format: JsonFormat | None = None,
         grammar_compile_timeout: float = 10.0,
         seed: int = 0,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.model_dir = resolve_model_dir(model)
         self.model_config = ModelConfig.from_dir(self.model_dir)
@@ -171,11 +179,23 @@ class Engine:
         cache_type = NoPrefixCache if disable_radix_cache else RadixCache
         self.prefix_cache = cache_type(self.kv_pool.free)
         self.scheduler = Scheduler(scheduler_config, self.kv_pool, self.prefix_cache, self.outputs)
-        self.limits = Limits(config.vocab_size, self.max_context, slots)
-        self._inputs = SpecBuilder(self.tokenizer, self.limits, self.grammars)
+        self.request_limits = limits or RequestLimits()
+        self.limits = Limits(
+            config.vocab_size,
+            self.max_context,
+            slots,
+            prompt_chars_bound(self.tokenizer, self.max_context),
+        )
+        self._inputs = SpecBuilder(self.tokenizer, self.limits, self.grammars, self.request_limits)
         self._rng = random.Random(seed)
         arrival_wait = ARRIVAL_WAIT.get(self.device.type, ARRIVAL_WAIT["cuda"])
-        self._loop = EngineLoop(self.scheduler, self.runner, self.outputs, arrival_wait)
+        self._loop = EngineLoop(
+            self.scheduler,
+            self.runner,
+            self.outputs,
+            arrival_wait,
+            self.request_limits.max_queued_requests,
+        )
         logger.info(
             "engine ready: %s, %s on %s, %d KV slots",
             self.model_dir.name,
@@ -212,12 +232,11 @@ class Engine:
             return_text_in_logprobs,
             rid,
         )
-        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        for spec in specs:
-            self._submit(spec, stream=False, on_event=inbox.put)
+        inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self._submit(specs, stream=False, on_event=inbox.put)
         by_rid = {}
         while len(by_rid) < len(specs):
-            out = inbox.get()
+            out = _raise_if_error(inbox.get())
             by_rid[out.rid] = out
         results = [by_rid[s.rid] for s in specs]
         return results[0] if single and len(results) == 1 else results
@@ -230,11 +249,11 @@ class Engine:
     ) -> Iterator[StreamChunk]:
         """Yield chunks of new text as one request generates (n must be 1)."""
         spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
-        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._submit(spec, stream=True, on_event=inbox.put)
+        inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self._submit([spec], stream=True, on_event=inbox.put)
         try:
             while True:
-                chunk = inbox.get()
+                chunk = _raise_if_error(inbox.get())
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -247,14 +266,12 @@ class Engine:
     ) -> GenerateOutput | list[GenerateOutput]:
         """`generate` for asyncio: awaits without blocking the event loop."""
         specs, single = self._inputs.specs_from(prompt, sampling_params, kwargs)
-        inbox: asyncio.Queue[Event] = asyncio.Queue()
-        put = _threadsafe_put(inbox)
-        for spec in specs:
-            self._submit(spec, stream=False, on_event=put)
+        inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._submit(specs, stream=False, on_event=_threadsafe_put(inbox))
         by_rid = {}
         try:
             while len(by_rid) < len(specs):
-                out = await inbox.get()
+                out = _raise_if_error(await inbox.get())
                 by_rid[out.rid] = out
         except asyncio.CancelledError:
             for spec in specs:
@@ -267,11 +284,11 @@ class Engine:
         self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
     ) -> AsyncIterator[StreamChunk]:
         spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
-        inbox: asyncio.Queue[Event] = asyncio.Queue()
-        self._submit(spec, stream=True, on_event=_threadsafe_put(inbox))
+        inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._submit([spec], stream=True, on_event=_threadsafe_put(inbox))
         try:
             while True:
-                chunk = await inbox.get()
+                chunk = _raise_if_error(await inbox.get())
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -298,10 +315,16 @@ class Engine:
         """
         return self._inputs.specs_from(prompt, sampling_params, kwargs)
 
-    def submit(self, spec: RequestSpec, stream: bool, on_event: Callable[[Event], None]) -> None:
-        """Start one prepared request. `on_event` is called from the engine thread with
-        StreamChunks (when `stream`) and finally the GenerateOutput or last chunk."""
-        self._submit(spec, stream, on_event)
+    def submit(
+        self,
+        specs: RequestSpec | list[RequestSpec],
+        stream: bool,
+        on_event: Callable[[Event | BaseException], None],
+    ) -> None:
+        """Start prepared requests, all or none (EngineOverloadedError past the queue limit).
+        `on_event` is called from the engine thread with StreamChunks (when `stream`) and
+        finally the GenerateOutput or last chunk; or with EngineDeadError."""
+        self._submit(specs if isinstance(specs, list) else [specs], stream, on_event)
 
     def observe_timings(self, timings: TokenTimings) -> None:
         """Report every request's time to first token and inter-token gaps to `timings`
@@ -333,18 +356,30 @@ class Engine:
                 "cache_hit_rate": s.cache_hit_rate,
                 "evicted_tokens": cache.evicted_tokens,
                 "jump_forward_tokens": self.outputs.jump_forward_tokens,
+                "num_in_flight": self._loop.num_in_flight,
+                "grammar_cache_entries": self.grammars.num_cached if self.grammars else 0,
+                "grammar_cache_bytes": self.grammars.cached_bytes if self.grammars else 0,
             }
 
         return self._loop.call(read)  # type: ignore[return-value]
 
     @property
     def alive(self) -> bool:
-        """Whether the engine thread runs (False after shutdown)."""
+        """Whether the engine thread runs (False after shutdown or if it died)."""
         return self._loop.alive
 
+    @property
+    def error(self) -> BaseException | None:
+        """What killed the engine thread, if something did."""
+        return self._loop.error
+
     def flush_cache(self) -> bool:
-        """Empty the prefix cache. Refused (returns False) while requests are in flight."""
-        return self._loop.call(self.scheduler.flush_cache)  # type: ignore[return-value]
+        """Empty the prefix cache and the compiled-grammar cache. Refused (returns False,
+        and nothing is flushed) while requests are in flight."""
+        flushed = bool(self._loop.call(self.scheduler.flush_cache))
+        if flushed and self.grammars is not None:
+            self.grammars.flush()
+        return flushed
 
     def shutdown(self) -> None:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""
@@ -365,7 +400,20 @@ class Engine:
             loop.stop()
 
     # -- internals ---------------------------------------------------------------------------
-    def _submit(self, spec: RequestSpec, stream: bool, on_event: Callable[[Event], None]) -> None:
+    def _submit(
+        self,
+        specs: list[RequestSpec],
+        stream: bool,
+        on_event: Callable[[Event | BaseException], None],
+    ) -> None:
+        self._loop.submit([self._request(spec, stream, on_event) for spec in specs])
+
+    def _request(
+        self,
+        spec: RequestSpec,
+        stream: bool,
+        on_event: Callable[[Event | BaseException], None],
+    ) -> Request:
         params = spec.params
         if params.seed is None:
             seed = self._rng.getrandbits(63)
@@ -376,7 +424,7 @@ class Engine:
             detok = IncrementalDetokenizer(
                 self.tokenizer, spec.prompt_ids, params.skip_special_tokens
             )
-        req = Request(
+        return Request(
             rid=spec.rid,
             prompt_ids=spec.prompt_ids,
             params=params,
@@ -387,10 +435,17 @@ class Engine:
             logprob=spec.logprob,
             stream=stream,
             matcher=spec.grammar.matcher() if spec.grammar is not None else None,
+            call=spec.call,
         )
-        self._loop.submit(req)
 
 
-def _threadsafe_put(q: asyncio.Queue) -> Callable[[Event], None]:
+def _raise_if_error(event: Event | BaseException) -> Event:
+    """Events are outputs, or the exception that ended the engine (EngineDeadError)."""
+    if isinstance(event, BaseException):
+        raise event
+    return event
+
+
+def _threadsafe_put(q: asyncio.Queue) -> Callable[[Event | BaseException], None]:
     loop = asyncio.get_running_loop()
     return lambda event: loop.call_soon_threadsafe(q.put_nowait, event)

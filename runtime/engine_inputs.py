@@ -6,13 +6,17 @@ naming the field before anything reaches the engine loop.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from .checks import check_bool, shown
+from .constrained.constraint_limits import check_constraint_size
 from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.matcher import CompiledGrammar
 from .request import LogprobRequest
+from .request_limits import RequestLimits
 from .sampling_params import SamplingParams
 
 PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
@@ -26,12 +30,30 @@ class RequestSpec(NamedTuple):
     logprob: LogprobRequest
     sample_index: int  # which of the `n` samples of its prompt this is
     grammar: CompiledGrammar | None  # the compiled constraint, if the params carry one
+    call: int  # which call (generate, HTTP request) it came from: the scheduler shares fairly
 
 
 class Limits(NamedTuple):
     vocab_size: int
     max_context: int
     kv_slots: int
+    # Text longer than this cannot fit in the context whatever it tokenizes to, so it is
+    # refused before it is tokenized (see `prompt_chars_bound`).
+    max_prompt_chars: int
+
+
+def prompt_chars_bound(tokenizer: Any, max_context: int) -> int:
+    """Characters of text that surely tokenize to more than `max_context` tokens.
+
+    A token spells at most as many characters as its vocabulary entry has (byte-level BPE:
+    a character per byte; SentencePiece: "▁" is a space, "<0xNN>" one byte), so text longer
+    than context x the longest entry cannot fit; a factor of 4 leaves room for normalizers
+    that compose characters, and special tokens add nothing.
+    """
+    if tokenizer is None:
+        return 0
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return 4 * max_context * max(longest, 1) + 1024
 
 
 def normalize_prompts(
@@ -48,7 +70,7 @@ def normalize_prompts(
         return [value], True
     if not isinstance(value, (list, tuple)):
         raise ValueError(
-            f"{field}: expected a string, token ids, or a list of them; got {type(value).__name__}"
+            f"{field}: expected a string, token ids, or a list of them; got {shown(value)}"
         )
     if not value:
         raise ValueError(f"{field}: empty")
@@ -86,6 +108,28 @@ def _one_params(p: SamplingParams | dict[str, Any] | None) -> SamplingParams:
     raise ValueError(f"sampling_params: expected SamplingParams or a dict, got {type(p).__name__}")
 
 
+def check_params(params: SamplingParams, limits: RequestLimits, where: str) -> None:
+    """What the engine's limits allow beyond what SamplingParams checks by itself."""
+    if params.n > limits.max_n:
+        raise ValueError(f"{where}.n: must be <= {limits.max_n}, got {params.n} (max_n)")
+    if len(params.stop) > limits.max_stop_strings:
+        raise ValueError(
+            f"{where}.stop: {len(params.stop)} stop strings; at most {limits.max_stop_strings} "
+            "are allowed (max_stop_strings)"
+        )
+    chars = sum(len(s) for s in params.stop)
+    if chars > limits.max_stop_chars:
+        raise ValueError(
+            f"{where}.stop: {chars} characters of stop strings; at most "
+            f"{limits.max_stop_chars} are allowed (max_stop_chars)"
+        )
+    if len(params.stop_token_ids) > limits.max_stop_token_ids:
+        raise ValueError(
+            f"{where}.stop_token_ids: {len(params.stop_token_ids)} ids; at most "
+            f"{limits.max_stop_token_ids} are allowed (max_stop_token_ids)"
+        )
+
+
 def check_prompt(ids: list[int], params: SamplingParams, limits: Limits, where: str) -> None:
     if not ids:
         raise ValueError(f"{where}: empty prompt (no tokens)")
@@ -106,30 +150,46 @@ def check_prompt(ids: list[int], params: SamplingParams, limits: Limits, where: 
 
 
 def make_logprob_request(
-    return_logprob: bool,
-    logprob_start_len: int | None,
-    top_logprobs_num: int | None,
-    with_text: bool,
+    return_logprob: Any,
+    logprob_start_len: Any,
+    top_logprobs_num: Any,
+    with_text: Any,
+    max_top: int,
 ) -> LogprobRequest:
+    """`max_top`: the most top logprobs allowed (the limit, and never above the vocabulary)."""
     start = -1 if logprob_start_len is None else logprob_start_len
-    top = top_logprobs_num or 0
+    top = 0 if top_logprobs_num is None else top_logprobs_num
     if isinstance(start, bool) or not isinstance(start, int) or start < -1:
-        raise ValueError(f"logprob_start_len: expected an integer >= -1, got {logprob_start_len!r}")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ValueError(f"top_logprobs_num: expected an integer >= 0, got {top_logprobs_num!r}")
-    return LogprobRequest(bool(return_logprob), start, top, bool(with_text))
+        raise ValueError(
+            f"logprob_start_len: expected an integer >= -1, got {shown(logprob_start_len)}"
+        )
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= max_top:
+        raise ValueError(
+            f"top_logprobs_num: expected an integer from 0 to {max_top}, got {shown(top)}"
+        )
+    check_bool("return_logprob", return_logprob)
+    check_bool("return_text_in_logprobs", with_text)
+    return LogprobRequest(return_logprob, start, top, with_text)
 
 
-def make_rids(rid: str | Sequence[str] | None, count: int) -> list[str]:
+_MAX_RID_CHARS = 256
+
+
+def make_rids(rid: Any, count: int) -> list[str]:
     if rid is None:
         return [uuid.uuid4().hex for _ in range(count)]
     if isinstance(rid, str):
         if count != 1:
             raise ValueError(f"rid: one id given for {count} prompts; pass a list of ids")
-        return [rid]
-    rids = list(rid)
-    if len(rids) != count or len(set(rids)) != count:
-        raise ValueError(f"rid: expected {count} distinct ids, got {rids!r}")
+        rids = [rid]
+    elif isinstance(rid, (list, tuple)) and all(isinstance(r, str) for r in rid):
+        rids = list(rid)
+        if len(rids) != count or len(set(rids)) != count:
+            raise ValueError(f"rid: expected {count} distinct ids, got {shown(rids)}")
+    else:
+        raise ValueError(f"rid: expected a string or a list of strings, got {shown(rid)}")
+    if any(not r or len(r) > _MAX_RID_CHARS for r in rids):
+        raise ValueError(f"rid: each id must be 1 to {_MAX_RID_CHARS} characters")
     return rids
 
 
@@ -140,10 +200,18 @@ def _is_token_id(t: Any) -> bool:
 class SpecBuilder:
     """Turns `Engine.generate`'s arguments into validated request specs, tokenizing text."""
 
-    def __init__(self, tokenizer: Any, limits: Limits, grammars: GrammarCompiler | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        limits: Limits,
+        grammars: GrammarCompiler | None,
+        request_limits: RequestLimits,
+    ) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
         self.grammars = grammars
+        self.request_limits = request_limits
+        self._calls = itertools.count()
 
     def specs_from(
         self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
@@ -160,7 +228,7 @@ class SpecBuilder:
         )
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
-            raise TypeError(f"unexpected arguments: {', '.join(unknown)}")
+            raise TypeError(f"unexpected arguments: {', '.join(map(shown, unknown))}")
         return self.specs(
             prompt,
             kwargs.get("input_ids"),
@@ -193,11 +261,25 @@ class SpecBuilder:
     ) -> tuple[list[RequestSpec], bool]:
         prompts, single = normalize_prompts(prompt, input_ids, prompt_field)
         params = normalize_params(sampling_params, len(prompts))
+        max_top = min(self.request_limits.max_top_logprobs, self.limits.vocab_size)
         logprob = make_logprob_request(
-            return_logprob, logprob_start_len, top_logprobs_num, with_text
+            return_logprob, logprob_start_len, top_logprobs_num, with_text, max_top
         )
         rids = make_rids(rid, len(prompts))
+        samples = sum(sp.n for sp in params)
+        if samples > self.request_limits.max_queued_requests:
+            raise ValueError(
+                f"sampling_params.n: {samples} samples in one call; at most "
+                f"{self.request_limits.max_queued_requests} may be queued (max_queued_requests)"
+            )
+        for i, sp in enumerate(params):  # all checked before any prompt is tokenized
+            check_params(
+                sp,
+                self.request_limits,
+                f"sampling_params[{i}]" if len(params) > 1 else "sampling_params",
+            )
         specs = []
+        call = next(self._calls)
         field = prompt_field or ("prompt" if prompt is not None else "input_ids")
         for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
             where = field if single else f"{field}[{i}]"
@@ -210,7 +292,7 @@ class SpecBuilder:
             grammar = self._compile(sp)
             for k in range(sp.n):
                 rid = r if sp.n == 1 else f"{r}-{k}"
-                specs.append(RequestSpec(rid, ids, sp, logprob, k, grammar))
+                specs.append(RequestSpec(rid, ids, sp, logprob, k, grammar, call))
         return specs, single
 
     def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
@@ -223,6 +305,7 @@ class SpecBuilder:
                 f"{params.constraint.kind}: constrained decoding needs a tokenizer, and this "
                 "engine has none"
             )
+        check_constraint_size(params.constraint, self.request_limits)
         return self.grammars.compile(params.constraint)
 
     def _tokenize(self, prompt: str | list[int], where: str) -> list[int]:
@@ -232,4 +315,9 @@ class SpecBuilder:
             raise ValueError(f"{where}: empty prompt")
         if self.tokenizer is None:
             raise ValueError(f"{where}: this engine has no tokenizer; pass token ids (input_ids)")
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise ValueError(
+                f"{where}: {len(prompt)} characters cannot fit in the model's context of "
+                f"{self.limits.max_context} tokens"
+            )
         return self.tokenizer.encode(prompt)

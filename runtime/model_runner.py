@@ -190,9 +190,7 @@ def _sampling_row(req: Request) -> SamplingRow:
     params = req.params
     suppressed: frozenset[int] = frozenset()
     if len(req.output_ids) < params.min_new_tokens:
-        suppressed = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else req.eos_ids
-        )
+        suppressed = params.stop_id_set | (frozenset() if params.ignore_eos else req.eos_ids)
     return SamplingRow(params, req.seed, req.prompt_ids, req.output_ids, suppressed)
 
 

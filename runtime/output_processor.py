@@ -72,7 +72,7 @@ class OutputProcessor:
             message = f"constraint: {matcher.error or f'token {token} was rejected'}"
             req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
             return False
-        if token in req.eos_ids or token in req.params.stop_token_ids:
+        if token in req.eos_ids or token in req.params.stop_id_set:
             return True  # the usual stop rules end it
         finished = matcher.finished
         if not finished and self._may_jump(req):
@@ -104,13 +104,13 @@ class OutputProcessor:
         params = req.params
         produced = len(req.output_ids)
         may_stop = produced >= params.min_new_tokens
-        if may_stop and token in params.stop_token_ids:
+        if may_stop and token in params.stop_id_set:
             return self._finish_stop(req, token)
         if may_stop and not params.ignore_eos and token in req.eos_ids:
             return self._finish_stop(req, token)
         if params.stop or req.stream:
             self._advance_text(req)
-            if may_stop and params.stop and self._match_stop_string(req):
+            if params.stop and self._match_stop_string(req, may_stop):
                 return
         if produced >= params.max_new_tokens:
             return self._finish(
@@ -138,23 +138,29 @@ class OutputProcessor:
         req.detokenized_ids = len(req.output_ids)
         req.text += req.detokenizer.flush(new_ids) if final else req.detokenizer.step(new_ids)
 
-    def _match_stop_string(self, req: Request) -> bool:
+    def _match_stop_string(self, req: Request, may_stop: bool) -> bool:
+        """Read the text new since the last step for stop strings; finish the request at
+        the first one (once min_new_tokens allows: earlier ones are read past)."""
+        automaton = req.params.stop_strings
         text = req.text
-        longest = max(len(s) for s in req.params.stop)
-        # Only the tail can hold a new match: earlier text was checked in earlier steps.
-        window_start = max(0, req.stop_checked_chars - longest + 1)
-        best: tuple[int, str] | None = None
-        for s in req.params.stop:
-            at = text.find(s, window_start)
-            if at != -1 and (best is None or at < best[0]):
-                best = (at, s)
-        req.stop_checked_chars = len(text)
-        if best is None:
+        state, pos = req.stop_state, req.stop_checked_chars
+        while True:
+            state, found = automaton.scan(state, text, pos)
+            if found is None or may_stop:
+                break
+            pos = found.end
+        req.stop_state, req.stop_checked_chars = state, len(text)
+        if found is None:
             return False
-        at, s = best
-        req.text = text[: at + len(s)] if req.params.no_stop_trim else text[:at]
-        req.finish(RequestStatus.FINISHED_STOP, FinishReason("stop", matched=s))
+        req.text = text[: found.end] if req.params.no_stop_trim else text[: found.start]
+        req.finish(RequestStatus.FINISHED_STOP, FinishReason("stop", matched=found.string))
         return True
+
+    @staticmethod
+    def held_back(req: Request) -> int:
+        """Characters at the end of the text that may yet begin a stop string: a stream
+        must not send them until the next tokens decide."""
+        return req.params.stop_strings.depth[req.stop_state] if req.params.stop else 0
 
     def _record_prompt_logprobs(self, req: Request, res: ItemResult) -> None:
         if not req.wants_prompt_logprobs:

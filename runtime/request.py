@@ -36,13 +36,31 @@ class FinishReason(NamedTuple):
     matched: str | int | None = None
     length: int | None = None
     message: str | None = None
+    # An abort that is an error: 400 when the request caused it, 500 for an internal fault
+    # (a server answers with this status); None for aborts asked for (a client, shutdown).
+    status_code: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.type == "stop":
             return {"type": "stop", "matched": self.matched}
         if self.type == "length":
             return {"type": "length", "length": self.length}
-        return {"type": "abort", "message": self.message, "status_code": None, "err_type": None}
+        err_type = None
+        if self.status_code is not None:
+            err_type = "BadRequestError" if self.status_code < 500 else "InternalServerError"
+        return {
+            "type": "abort",
+            "message": self.message,
+            "status_code": self.status_code,
+            "err_type": err_type,
+        }
+
+
+def internal_error(exc: BaseException) -> FinishReason:
+    """The finish reason of a request that an internal fault ended (HTTP 500)."""
+    return FinishReason(
+        "abort", message=f"internal error: {type(exc).__name__}: {exc}", status_code=500
+    )
 
 
 # [logprob or None, token id, token text or None], as SGLang lays out logprob entries.
@@ -71,6 +89,7 @@ class Request:
     logprob: LogprobRequest = field(default_factory=LogprobRequest)
     stream: bool = False
     matcher: Matcher | None = None  # the constraint's state, when the params carry one
+    call: int = 0  # the call it came with (its siblings: n samples, a batch's prompts)
     output_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
@@ -92,6 +111,7 @@ class Request:
     text: str = ""
     detokenized_ids: int = 0  # output tokens already fed to the detokenizer
     stop_checked_chars: int = 0  # text already searched for stop strings
+    stop_state: int = 0  # the stop-string automaton's state after that text
     streamed_chars: int = 0
     streamed_ids: int = 0
     streamed_prompt_logprobs: bool = False

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .checks import check_bool, check_float, check_int, shown
 from .constrained.constraint import Constraint, check_constraint_fields
+from .stop_strings import StopStrings
 
 GREEDY_BELOW = 1e-6  # a temperature under this means greedy, as in SGLang
 
@@ -43,41 +45,47 @@ class SamplingParams:
     ebnf: str | None = None
     choices: list[str] | None = None
     constraint: Constraint | None = field(default=None, init=False, repr=False, compare=False)
+    # stop_token_ids as a set, for the per-token membership tests
+    stop_id_set: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _stop_strings: StopStrings | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
-        _check_int("max_new_tokens", self.max_new_tokens, low=0)
-        _check_int("min_new_tokens", self.min_new_tokens, low=0)
+        self.stop = _string_list("stop", self.stop)
+        self.stop_token_ids = _id_list("stop_token_ids", self.stop_token_ids)
+        self.stop_id_set = frozenset(self.stop_token_ids)
+        check_int("max_new_tokens", self.max_new_tokens, low=0)
+        check_int("min_new_tokens", self.min_new_tokens, low=0)
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(
                 f"min_new_tokens: {self.min_new_tokens} must be <= max_new_tokens "
                 f"({self.max_new_tokens})"
             )
-        _check_float("temperature", self.temperature, low=0.0)
-        _check_float("top_p", self.top_p, low=0.0, low_open=True, high=1.0)
-        _check_int("top_k", self.top_k, low=-1)
+        check_float("temperature", self.temperature, low=0.0)
+        check_float("top_p", self.top_p, low=0.0, low_open=True, high=1.0)
+        check_int("top_k", self.top_k, low=-1)
         if self.top_k == 0:
             raise ValueError("top_k: 0 keeps no token; expected -1 (all) or a positive integer")
-        _check_float("min_p", self.min_p, low=0.0, high=1.0)
-        _check_float("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
-        _check_float("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
-        _check_float(
-            "repetition_penalty", self.repetition_penalty, low=0.0, low_open=True, high=2.0
-        )
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"stop: {s!r} is not a non-empty string")
-        for t in self.stop_token_ids:
-            _check_int("stop_token_ids", t, low=0)
-        _check_int("n", self.n, low=1)
+        check_float("min_p", self.min_p, low=0.0, high=1.0)
+        check_float("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
+        check_float("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
+        check_float("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True, high=2.0)
+        check_bool("ignore_eos", self.ignore_eos)
+        check_bool("skip_special_tokens", self.skip_special_tokens)
+        check_bool("no_stop_trim", self.no_stop_trim)
+        check_int("n", self.n, low=1)
         if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
+            check_int("seed", self.seed, low=0, high=(1 << 64) - 1)
         self.constraint = check_constraint_fields(
             self.regex, self.json_schema, self.ebnf, self.choices
         )
+
+    @property
+    def stop_strings(self) -> StopStrings:
+        """The automaton that finds `stop` in generated text (built on first use, then
+        shared by every request with these params)."""
+        if self._stop_strings is None:
+            self._stop_strings = StopStrings(self.stop)
+        return self._stop_strings
 
     @property
     def is_greedy(self) -> bool:
@@ -107,25 +115,25 @@ class SamplingParams:
         return cls(**d)
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}: must be >= {low}, got {value}")
+def _string_list(name: str, value: Any) -> list[str]:
+    """A string or a list of non-empty strings, as a list (None: empty)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}: expected a string or a list of strings, got {shown(value)}")
+    for i, s in enumerate(value):
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"{name}[{i}]: expected a non-empty string, got {shown(s)}")
+    return list(value)
 
 
-def _check_float(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    low_open: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if value != value:  # NaN
-        raise ValueError(f"{name}: expected a number, got NaN")
-    if (value <= low) if low_open else (value < low):
-        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: must be <= {high}, got {value}")
+def _id_list(name: str, value: Any) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of token ids, got {shown(value)}")
+    for i, t in enumerate(value):
+        check_int(f"{name}[{i}]", t, low=0)
+    return list(value)

@@ -9,11 +9,17 @@
 Whatever the policy, a request that has waited more than `starvation_steps` engine steps goes
 first, in arrival order: no policy can starve it. With a long queue the cache-aware policies
 fall back to arrival order, since they match every waiting request against the tree each step.
+
+Calls share fairly: the requests of one call (its `n` samples, a batch's prompts) take turns
+with other calls' rather than all going first. Each waiting request ranks by how many of its
+call's requests run or come before it in the policy's order, so a lone request is admitted
+as soon as a slot frees even behind thousands of one call's samples; the policy's order
+stands among equals (and whenever every call is a single request).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from .prefix_cache import PrefixCache
@@ -34,7 +40,13 @@ class SchedulePolicy:
         self.name = name
         self.starvation_steps = starvation_steps
 
-    def order(self, waiting: Sequence[Request], cache: PrefixCache, step: int) -> list[Request]:
+    def order(
+        self,
+        waiting: Sequence[Request],
+        cache: PrefixCache,
+        step: int,
+        running: Sequence[Request] = (),
+    ) -> list[Request]:
         starving = [r for r in waiting if step - r.enqueued_step > self.starvation_steps]
         if self.name == "fcfs" or len(waiting) > MAX_QUEUE_FOR_CACHE_AWARE:
             rest = list(waiting)
@@ -42,10 +54,23 @@ class SchedulePolicy:
             rest = _longest_prefix_first(waiting, cache)
         else:
             rest = _dfs_weight(waiting, cache)
+        rest = _calls_take_turns(rest, running)
         if not starving:
             return rest
         first = {id(r) for r in starving}
         return starving + [r for r in rest if id(r) not in first]
+
+
+def _calls_take_turns(ordered: list[Request], running: Sequence[Request]) -> list[Request]:
+    first_call = ordered[0].call if ordered else None
+    if all(r.call == first_call for r in ordered):
+        return ordered  # one call waits: nothing to share
+    held = Counter(r.call for r in running)
+    rank: dict[int, int] = {}
+    for req in ordered:  # the k-th waiting request of a call running m ranks m + k
+        rank[id(req)] = held[req.call]
+        held[req.call] += 1
+    return sorted(ordered, key=lambda r: rank[id(r)])  # stable: the policy's order among equals
 
 
 def _longest_prefix_first(waiting: Sequence[Request], cache: PrefixCache) -> list[Request]:

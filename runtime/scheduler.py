@@ -16,6 +16,7 @@ the queue to be recomputed from their prompt and output so far.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,11 @@ from .model_runner import ItemResult, ScheduledItem
 from .output_processor import OutputProcessor
 from .prefix_cache import PrefixCache, PrefixMatch
 from .radix_cache import RadixCache
-from .request import FinishReason, Request, RequestStatus
+from .request import FinishReason, Request, RequestStatus, internal_error
 from .request_kv import RequestKV
 from .schedule_policy import SchedulePolicy
+
+logger = logging.getLogger("loomlm.engine")
 
 # A waiting request that shares at least this many not-yet-cached tokens with one admitted in
 # the same step waits one step: the shared part is then cached, and computed only once.
@@ -88,35 +91,44 @@ class Scheduler:
         # Requests that ended while being scheduled rather than in a step (the engine reports them).
         self.finished_unscheduled: list[Request] = []
         self._prompt_items: set[int] = set()  # ids of this step's requests that ran prompt work
+        self._dropped_waiting = False  # some waiting requests were aborted (compact_waiting)
 
     def add(self, req: Request) -> None:
         req.enqueued_step = self.stats.num_steps
         self.waiting.append(req)
 
     def has_work(self) -> bool:
+        self.compact_waiting()
         return bool(self.waiting or self.running or self.prefilling)
 
     @property
     def num_running(self) -> int:
         return len(self.running) + (self.prefilling is not None)
 
-    def abort(self, rid: str, message: str = "aborted") -> Request | None:
-        """Finish request `rid` as aborted and free what it holds; None if it is unknown."""
-        req = next((r for r in self.waiting if r.rid == rid), None)
-        if req is not None:
-            self.waiting.remove(req)
-        else:
-            req = next((r for r in self._active() if r.rid == rid), None)
-            if req is None:
-                return None
+    def abort(self, req: Request, reason: FinishReason) -> bool:
+        """Finish `req` with `reason` (an abort) and free what it holds; False if it has
+        already finished. A waiting request leaves the queue at the next compaction (one
+        pass for any number of aborts, not a scan per abort)."""
+        if req.status.finished:
+            return False
+        if req.table_row is not None:  # running or part-way through its prompt
             self.kv.release(req)
             self._drop_active(req)
-        req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
-        return req
+        else:
+            self._dropped_waiting = True
+        req.finish(RequestStatus.FINISHED_ABORT, reason)
+        return True
 
     def abort_all(self, message: str) -> list[Request]:
-        rids = [r.rid for r in self.waiting] + [r.rid for r in self._active()]
-        return [req for rid in rids if (req := self.abort(rid, message)) is not None]
+        reason = FinishReason("abort", message=message)
+        every = self._active() + self.waiting
+        return [req for req in every if self.abort(req, reason)]
+
+    def compact_waiting(self) -> None:
+        """Drop the aborted requests from the waiting queue."""
+        if self._dropped_waiting:
+            self.waiting = [r for r in self.waiting if not r.status.finished]
+            self._dropped_waiting = False
 
     def flush_cache(self) -> bool:
         """Empty the prefix cache; refused (False) while any request is in flight."""
@@ -127,13 +139,17 @@ class Scheduler:
 
     # -- schedule ----------------------------------------------------------------------------
     def schedule(self) -> list[ScheduledItem]:
+        self.compact_waiting()
         self._prompt_items.clear()
         items = self._schedule_decodes()
         blocked = self._schedule_prompts(items, num_decodes=len(items))
         if not items and blocked is not None and not self.running:
             # Nothing runs and the cache is empty of unlocked entries, yet `blocked` does
             # not fit: it never will.
-            self.abort(blocked.rid, "request does not fit in the KV pool")
+            self.abort(
+                blocked, FinishReason("abort", message="request does not fit in the KV pool")
+            )
+            self.compact_waiting()
             self.finished_unscheduled.append(blocked)
         if items:
             self.stats.num_steps += 1
@@ -196,7 +212,7 @@ class Scheduler:
         blocked = None
         if not self.waiting or budget <= 0:
             return None
-        order = self.policy.order(self.waiting, self.cache, self.stats.num_steps)
+        order = self.policy.order(self.waiting, self.cache, self.stats.num_steps, self._active())
         for req in order:
             if self.num_running >= self.config.max_running_requests or budget <= 0:
                 break
@@ -263,15 +279,27 @@ class Scheduler:
         return ScheduledItem(req, start, end, sample)
 
     # -- process -----------------------------------------------------------------------------
-    def process(self, items: list[ScheduledItem], results: list[ItemResult]) -> list[Request]:
-        """Apply one step's results; returns the requests that have something new to report."""
+    def process(
+        self, items: list[ScheduledItem], results: list[ItemResult | BaseException]
+    ) -> list[Request]:
+        """Apply one step's results; returns the requests that have something new to report.
+        A result that is an exception (the item failed alone) or that raises while applied
+        ends that request alone with an internal error."""
         touched = []
         for item, res in zip(items, results):
-            self.outputs.apply(item, res)
-            if item.sample:
-                self.stats.generated_tokens += 1
-            touched.append(item.req)
-        finished = [r for r in touched if r.status.finished]
+            req = item.req
+            touched.append(req)
+            if not isinstance(res, BaseException):
+                try:
+                    self.outputs.apply(item, res)
+                    if item.sample:
+                        self.stats.generated_tokens += 1
+                    continue
+                except Exception as exc:
+                    logger.exception("request %s failed while its results were applied", req.rid)
+                    res = exc
+            self._fail(item, internal_error(res))
+        finished = [r for r in touched if r.status.finished and r.table_row is not None]
         for req in finished:
             self.kv.release(req)
             self._drop_active(req)
@@ -282,17 +310,20 @@ class Scheduler:
                 self.kv.commit(req)
         return touched
 
-    def fail(self, items: list[ScheduledItem], message: str) -> list[Request]:
+    def fail(self, items: list[ScheduledItem], reason: FinishReason) -> list[Request]:
         """A step raised: abort its requests, freeing every slot they were given for it."""
-        failed = []
         for item in items:
-            req = item.req
+            self._fail(item, reason)
+        return [item.req for item in items]
+
+    def _fail(self, item: ScheduledItem, reason: FinishReason) -> None:
+        req = item.req
+        if req.table_row is not None:
             req.num_computed = item.end  # slots up to `end` were allocated for this step
             self.kv.release(req, keep_kv=False)  # this step's KV may be half written
-            self._drop_active(req)
-            req.finish(RequestStatus.FINISHED_ABORT, FinishReason("abort", message=message))
-            failed.append(req)
-        return failed
+        self._drop_active(req)
+        if not req.status.finished:
+            req.finish(RequestStatus.FINISHED_ABORT, reason)
 
     # -- membership ----------------------------------------------------------------------
     def _preempt(self, req: Request) -> None:

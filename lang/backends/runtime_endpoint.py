@@ -68,6 +68,7 @@ class RuntimeEndpoint(Backend):
                 response.read()
                 _raise_for(response, "/generate")
             sent = 0
+            meta: dict[str, Any] = {}
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -77,10 +78,11 @@ class RuntimeEndpoint(Backend):
                 event = json.loads(payload)
                 if "error" in event:
                     raise RuntimeError(f"/generate: {_message(event)}")
-                # Events carry the whole text so far (SGLang's default streaming).
+                # Events carry the whole text so far (SGLang's default streaming) and the
+                # logprobs of their new tokens only: the meta info so far merges them.
                 chunk = event["text"][sent:]
                 sent += len(chunk)
-                yield chunk, event["meta_info"]
+                yield chunk, _merge_meta(meta, event["meta_info"])
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         out = self._call("POST", "/tokenize", {"prompt": texts, "add_special_tokens": True})
@@ -114,6 +116,25 @@ class RuntimeEndpoint(Backend):
         if response.status_code != 200:
             _raise_for(response, path)
         return response.json()
+
+
+_DELTA_KEYS = (
+    "input_token_logprobs",
+    "output_token_logprobs",
+    "input_top_logprobs",
+    "output_top_logprobs",
+)
+
+
+def _merge_meta(merged: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """Fold one stream event's meta info into `merged` (logprob lists extend, the rest is
+    replaced) and return it: the meta info of the stream so far."""
+    for key, value in event.items():
+        if key in _DELTA_KEYS and isinstance(value, list):
+            merged.setdefault(key, []).extend(value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _message(body: Any) -> str:

@@ -4,20 +4,33 @@ Requests compile in the caller's thread before they reach the engine, through a 
 thread pool so that a compile that runs past `timeout_s` can be abandoned with a clear
 error while the engine keeps stepping. Results (and errors) are cached, so a constraint
 used again costs a dictionary lookup plus one matcher copy.
+
+The cache is bounded in bytes as well as entries: a compiled grammar's size is not
+observable, so each entry is charged by a model fitted to measurements (RSS growth per
+grammar compiled and used, llguidance, 512- and 151k-token vocabularies): a fixed
+ENTRY_BYTES plus BYTES_PER_CHAR per character of the constraint (large enums and
+alternations measured 23-29 bytes per character). `flush()` empties it and hands the freed
+heap back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from ..threads import large_stacks
 from . import bitmask
 from .constraint import Constraint
 from .json_format import JsonFormat
 from .matcher import CompiledGrammar, GrammarBackend
+
+ENTRY_BYTES = 256 << 10
+BYTES_PER_CHAR = 32
 
 BACKENDS = ("auto", "llguidance", "outlines", "xgrammar")
 # The backend `auto` picks per constraint kind, from `python -m loomlm.runtime.bench
@@ -38,6 +51,7 @@ class GrammarCompiler:
         json_format: JsonFormat | None = None,
         timeout_s: float = 10.0,
         max_cached: int = 1024,
+        max_cached_bytes: int = 256 << 20,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"grammar_backend: {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -49,6 +63,8 @@ class GrammarCompiler:
         self._backends: dict[str, GrammarBackend] = {}
         self._cache: OrderedDict[tuple[str, Constraint], Future] = OrderedDict()
         self._max_cached = max_cached
+        self._max_cached_bytes = max_cached_bytes
+        self.cached_bytes = 0  # the cache's charge (see the module's docstring)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loomlm-grammar")
 
@@ -70,10 +86,16 @@ class GrammarCompiler:
         with self._lock:
             future = self._cache.get(key)
             if future is None:
-                future = self._pool.submit(backend.compile, constraint)
+                with large_stacks():  # the pool starts its threads on demand
+                    future = self._pool.submit(backend.compile, constraint)
                 self._cache[key] = future
-                while len(self._cache) > self._max_cached:
-                    self._cache.popitem(last=False)
+                self.cached_bytes += entry_bytes(constraint)
+                while len(self._cache) > 1 and (
+                    len(self._cache) > self._max_cached
+                    or self.cached_bytes > self._max_cached_bytes
+                ):
+                    (_, dropped), _ = self._cache.popitem(last=False)
+                    self.cached_bytes -= entry_bytes(dropped)
             else:
                 self._cache.move_to_end(key)
         try:
@@ -84,8 +106,34 @@ class GrammarCompiler:
                 f"({constraint.describe()}); simplify it or raise grammar_compile_timeout"
             ) from None
 
+    @property
+    def num_cached(self) -> int:
+        return len(self._cache)
+
+    def flush(self) -> None:
+        """Drop every cached grammar (requests running keep their own matchers)."""
+        with self._lock:
+            self._cache.clear()
+            self.cached_bytes = 0
+        release_free_heap()
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def entry_bytes(constraint: Constraint) -> int:
+    return ENTRY_BYTES + BYTES_PER_CHAR * len(constraint.value)
+
+
+def release_free_heap() -> None:
+    """Give the allocator's free memory back to the system (glibc keeps it otherwise: the
+    native grammar objects freed by a flush would not show in the process's RSS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _make_backend(

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checks import shown
+
 
 def response_format_params(response_format: Any) -> dict[str, Any]:
     """OpenAI `response_format` -> sampling_params constraint keys ({} for plain text)."""
     if not isinstance(response_format, dict):
-        raise ValueError(f"response_format: expected an object, got {response_format!r}")
+        raise ValueError(f"response_format: expected an object, got {shown(response_format)}")
     kind = response_format.get("type")
     if kind == "text":
         return {}
@@ -24,9 +26,9 @@ def response_format_params(response_format: Any) -> dict[str, Any]:
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
             raise ValueError(
-                f"response_format.json_schema.schema: expected an object, got {schema!r}"
+                f"response_format.json_schema.schema: expected an object, got {shown(schema)}"
             )
         return {"json_schema": schema}
     raise ValueError(
-        f"response_format.type: {kind!r}; expected 'text', 'json_object' or 'json_schema'"
+        f"response_format.type: {shown(kind)}; expected 'text', 'json_object' or 'json_schema'"
     )

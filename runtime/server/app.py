@@ -59,8 +59,12 @@ class ApiKeyGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = [value for name, value in scope["headers"] if name == b"authorization"]
+            if len(given) > 1:  # which one counts would depend on the proxy: refuse both
+                error = HTTPError(400, "authorization: the header was sent more than once")
+                await _send_json(send, 400, error.body())
+                return
+            if not hmac.compare_digest(given[0] if given else b"", self.expected):
                 await _send_json(
                     send,
                     401,
@@ -77,6 +81,7 @@ class ApiKeyGate:
 async def _send_json(send: Send, status: int, data: Any) -> None:
     body = dumps(data)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.append((b"www-authenticate", b"Bearer"))
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
+
+from ..request_limits import RequestLimits
+
+# The API key may come from the environment instead of the command line, where every user
+# of the machine can read it in the process list.
+API_KEY_ENV = "LOOMLM_API_KEY"
 
 # Engine keyword arguments that `loomlm serve` passes through, with their flags' help.
 ENGINE_OPTIONS: dict[str, str] = {
@@ -33,9 +41,14 @@ class ServerArgs:
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: str | None = None
+    api_key_file: str | None = None  # a file holding the key (read once, at start)
     served_model_name: str | None = None
     chat_template: str | None = None  # a Jinja template, or a file holding one
     max_body_bytes: int = 16 << 20
+    # Seconds a client may take to send a request's headers, then its body: a client that
+    # trickles them holds a connection and its buffers (slowloris).
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
     incremental_streaming_output: bool = False
     shutdown_timeout: float = 10.0
     log_level: str = "info"
@@ -55,6 +68,7 @@ class ServerArgs:
     disable_jump_forward: bool = False
     grammar_compile_timeout: float = 10.0
     seed: int = 0
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -63,10 +77,18 @@ class ServerArgs:
             raise ValueError(f"max_body_bytes: expected >= 1024, got {self.max_body_bytes}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout: expected >= 0, got {self.shutdown_timeout}")
+        for name in ("header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if self.api_key is None and self.api_key_file is not None:
+            self.api_key = _read_key(self.api_key_file)
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key: empty")
 
     def engine_kwargs(self) -> dict[str, Any]:
         kwargs = {name: getattr(self, name) for name in ENGINE_OPTIONS}
         kwargs["model"] = self.model
+        kwargs["limits"] = self.limits
         return kwargs
 
     def public(self) -> dict[str, Any]:
@@ -76,16 +98,41 @@ class ServerArgs:
         return d
 
 
+def _read_key(path: str) -> str:
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"api_key_file: cannot read {path!r}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"api_key_file: {path!r} is empty")
+    return key
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "--model-path", dest="model", help="checkpoint directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument(
-        "--api-key", help="require `Authorization: Bearer KEY` on all but the health checks"
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on all but the health checks (also from "
+        f"${API_KEY_ENV}, or --api-key-file, which keep it out of the process list)",
     )
+    parser.add_argument("--api-key-file", help="a file holding the API key")
     parser.add_argument("--served-model-name", help="the model's name in /v1 responses")
     parser.add_argument("--chat-template", help="a Jinja chat template or a file holding one")
     parser.add_argument("--max-body-bytes", type=int, default=16 << 20, help="larger bodies: 413")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to send a request's headers; then the connection closes",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client may take to send a request's body; then 408",
+    )
     parser.add_argument(
         "--incremental-streaming-output",
         action="store_true",
@@ -112,7 +159,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         conv = int if "int" in kind else float if "float" in kind else str
         parser.add_argument(flag, type=conv, default=default, help=help_text)
 
+    for f in fields(RequestLimits):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=int,
+            default=f.default,
+            help=RequestLimits.help()[f.name],
+        )
+
 
 def from_namespace(ns: argparse.Namespace) -> ServerArgs:
+    given = vars(ns)
     names = {f.name for f in fields(ServerArgs)}
-    return ServerArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    limits = RequestLimits(**{f.name: given[f.name] for f in fields(RequestLimits)})
+    args = ServerArgs(**{k: v for k, v in given.items() if k in names}, limits=limits)
+    if args.api_key is None and os.environ.get(API_KEY_ENV):
+        args = replace(args, api_key=os.environ[API_KEY_ENV])
+    return args

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
+from ..checks import shown
 from .http_io import HTTPError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -23,22 +25,54 @@ def load_template(value: str | None) -> str | None:
     return value
 
 
-def check_messages(messages: Any) -> list[dict[str, Any]]:
-    """Messages as the template expects them: role and text content (parts joined)."""
+def check_messages(messages: Any, max_messages: int, max_chars: int) -> list[dict[str, Any]]:
+    """Messages as the template expects them: role and text content (parts joined).
+    More messages than the context has tokens, or more text than it can hold, are refused
+    before the template renders them."""
     if not isinstance(messages, list) or not messages:
         raise HTTPError(400, "messages: expected a non-empty list of messages")
+    if len(messages) > max_messages:
+        raise HTTPError(
+            400,
+            f"messages: {len(messages)} messages cannot fit in the model's context of "
+            f"{max_messages} tokens",
+        )
     checked = []
+    chars = 0
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise HTTPError(400, f"{where}: expected an object with `role` and `content`")
         role = m.get("role")
         if role not in ROLES:
-            raise HTTPError(400, f"{where}.role: {role!r}; expected one of {', '.join(ROLES)}")
+            raise HTTPError(400, f"{where}.role: {shown(role)}; expected one of {', '.join(ROLES)}")
         message = dict(m)
         message["content"] = _text_content(m.get("content"), role, where)
+        chars += len(message["content"])
+        if chars > max_chars:
+            raise HTTPError(400, f"messages: {chars}+ characters cannot fit in the model's context")
         checked.append(message)
     return checked
+
+
+def check_template_kwargs(tokenizer: Any, kwargs: Any) -> dict[str, Any]:
+    """`chat_template_kwargs` become variables of the template; one named like a parameter
+    of the tokenizer's `apply_chat_template` (tokenize, return_dict...) would change how the
+    server renders instead, so it is refused."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise HTTPError(400, "chat_template_kwargs: expected an object")
+    reserved = set(inspect.signature(tokenizer.apply_chat_template).parameters) | {
+        "messages",
+        "conversation",
+    }
+    clash = sorted(k for k in kwargs if k in reserved)
+    if clash:
+        raise HTTPError(
+            400, f"chat_template_kwargs: {', '.join(map(shown, clash))} cannot be set here"
+        )
+    return kwargs
 
 
 def _text_content(content: Any, role: str, where: str) -> str:
@@ -52,7 +86,7 @@ def _text_content(content: Any, role: str, where: str) -> str:
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise HTTPError(
-                    400, f"{where}.content[{j}].type: {kind!r}; only text parts are supported"
+                    400, f"{where}.content[{j}].type: {shown(kind)}; only text parts are supported"
                 )
             text = part.get("text")
             if not isinstance(text, str):

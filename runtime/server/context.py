@@ -17,7 +17,7 @@ from ..engine import Engine
 from .args import ServerArgs
 from .chat_template import load_template
 from .engine_client import EngineClient
-from .http_io import ClientGone, HTTPError, error_response
+from .http_io import ClientGone, HTTPError, error_response, read_json
 from .metrics import Metrics
 
 logger = logging.getLogger("loomlm.server")
@@ -48,6 +48,10 @@ class ServerContext:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The body as a JSON object, within the size and time limits."""
+        return await read_json(request, self.args.max_body_bytes, self.args.body_timeout)
+
     def need_tokenizer(self, field_name: str) -> Any:
         if self.engine.tokenizer is None:
             raise HTTPError(
@@ -68,6 +72,8 @@ def handler(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
             return error_response(exc)
         except ClientGone:
             return Response(status_code=499)
+        except RecursionError:  # a guard missed some nesting: still the input's fault
+            return error_response(HTTPError(400, "request: nested too deeply"))
         except Exception as exc:
             logger.exception("%s %s failed", request.method, request.url.path)
             return error_response(HTTPError(500, f"internal error: {type(exc).__name__}: {exc}"))

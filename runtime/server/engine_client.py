@@ -14,10 +14,15 @@ from starlette.requests import Request
 from ..engine import Engine
 from ..engine_inputs import RequestSpec
 from ..engine_loop import Event
+from ..errors import EngineDeadError, EngineOverloadedError
 from ..outputs import GenerateOutput
 from .http_io import EventStream, HTTPError, unless_disconnected
 
 logger = logging.getLogger("loomlm.server")
+
+# What an overloaded server tells clients to wait before retrying (OpenAI's and most HTTP
+# clients honour Retry-After on 503).
+RETRY_AFTER_SECONDS = 1
 
 
 def is_final(event: Event) -> bool:
@@ -28,6 +33,18 @@ def final_output(event: Event) -> GenerateOutput:
     out = event if isinstance(event, GenerateOutput) else event.output
     assert out is not None
     return out
+
+
+def raise_if_failed(out: GenerateOutput) -> None:
+    """A request that ended on an error (its fault: 400; an internal fault: 500) fails its
+    HTTP call with that status; aborts a client or shutdown asked for are results."""
+    reason = out.finish_reason
+    if reason.type == "abort" and reason.status_code is not None:
+        raise HTTPError(reason.status_code, reason.message or "request failed")
+
+
+def engine_unavailable(exc: EngineDeadError) -> HTTPError:
+    return HTTPError(503, f"the engine has stopped: {exc}")
 
 
 class RequestGroup:
@@ -45,20 +62,32 @@ class RequestGroup:
         self.index = {spec.rid: i for i, spec in enumerate(specs)}
         self.pending = set(self.index)
         loop = asyncio.get_running_loop()
-        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         put = self.inbox.put_nowait
-        for spec in specs:
-            client.engine.submit(spec, stream, lambda event: loop.call_soon_threadsafe(put, event))
+        try:
+            client.engine.submit(specs, stream, lambda event: loop.call_soon_threadsafe(put, event))
+        except EngineOverloadedError as exc:
+            self.pending.clear()
+            raise HTTPError(
+                503, str(exc), headers={"retry-after": str(RETRY_AFTER_SECONDS)}
+            ) from None
+        except EngineDeadError as exc:
+            self.pending.clear()
+            raise engine_unavailable(exc) from None
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
         while self.pending:
             event = await self.inbox.get()
+            if isinstance(event, EngineDeadError):
+                raise engine_unavailable(event)
+            assert not isinstance(event, BaseException)
             if is_final(event):
                 self.pending.discard(event.rid)
                 self.client.inflight.discard(event.rid)
                 out = final_output(event)
                 _log_finished(out)
                 self.client.on_finished(out)
+                raise_if_failed(out)  # the whole call fails with it (the rest is aborted)
             yield self.index[event.rid], event
 
     async def results(self) -> list[GenerateOutput]:
@@ -95,6 +124,8 @@ class EngineClient:
             return await asyncio.get_running_loop().run_in_executor(None, work)
         except (ValueError, TypeError) as exc:
             raise HTTPError(400, str(exc)) from None
+        except RecursionError:  # a guard missed some nesting: still the input's fault
+            raise HTTPError(400, "request: nested too deeply") from None
 
     def check_rids(self, specs: list[RequestSpec]) -> None:
         """400 if a request id is already in flight."""
@@ -103,10 +134,12 @@ class EngineClient:
             raise HTTPError(400, f"rid: {', '.join(taken)} already in flight")
 
     def open(self, specs: list[RequestSpec], stream: bool) -> RequestGroup:
-        """Submit `specs`. A request id already in flight is refused (400)."""
+        """Submit `specs`. A request id already in flight is refused (400); past the
+        engine's queue limit, the call is (503 with Retry-After)."""
         self.check_rids(specs)
+        group = RequestGroup(self, specs, stream)
         self.inflight.update(spec.rid for spec in specs)
-        return RequestGroup(self, specs, stream)
+        return group
 
     def stream(
         self, specs: list[RequestSpec], events: Callable[[RequestGroup], AsyncIterator[Any]]
@@ -144,23 +177,42 @@ class EngineClient:
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run a blocking engine call (stats, flush) in a worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+        except EngineDeadError as exc:
+            raise engine_unavailable(exc) from None
 
 
 _CONSTRAINT_KEYS = ("regex", "json_schema", "ebnf", "choices")
-_INLINE_TEXT_CHARS = 20_000  # tokenized in well under a millisecond
+# Work below these sizes is done inline: a thread hop costs more than tokenizing 20,000
+# characters or checking 20,000 ids (well under a millisecond).
+INLINE_TEXT_CHARS = 20_000
+INLINE_IDS = 20_000
+
+
+async def off_loop(fn: Any, heavy: bool) -> Any:
+    """Run `fn()` inline when light, else in a worker thread: the event loop must keep
+    serving everyone else while a large input is tokenized, rendered or decoded."""
+    if not heavy:
+        return fn()
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
 def _is_heavy(kwargs: dict[str, Any]) -> bool:
     params = kwargs.get("sampling_params")
     dicts = params if isinstance(params, list) else [params]
-    if any(
+    if len(dicts) > 64 or any(
         isinstance(d, dict) and any(d.get(k) is not None for k in _CONSTRAINT_KEYS) for d in dicts
     ):
         return True
     prompt = kwargs.get("prompt")
     texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
-    return sum(len(t) for t in texts if isinstance(t, str)) > _INLINE_TEXT_CHARS
+    if sum(len(t) if isinstance(t, (str, list)) else 1 for t in texts) > INLINE_TEXT_CHARS:
+        return True
+    ids = kwargs.get("input_ids")
+    if isinstance(ids, list):
+        return sum(len(x) if isinstance(x, list) else 1 for x in ids) > INLINE_IDS
+    return False
 
 
 def _log_finished(out: GenerateOutput) -> None:

@@ -20,11 +20,18 @@ logger = logging.getLogger("loomlm.server")
 class HTTPError(Exception):
     """An error the client caused (or a refusal), sent as `{"error": {"message": ...}}`."""
 
-    def __init__(self, status: int, message: str, err_type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        err_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.err_type = err_type or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.err_type, "code": self.status}}
@@ -34,12 +41,12 @@ class ClientGone(Exception):
     """The client closed its connection before the response was ready."""
 
 
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(dumps(data), status_code=status, media_type="application/json")
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(error: HTTPError) -> Response:
-    return json_response(error.body(), error.status)
+    return json_response(error.body(), error.status, error.headers)
 
 
 def dumps(data: Any) -> bytes:
@@ -47,17 +54,29 @@ def dumps(data: Any) -> bytes:
     return orjson.dumps(data)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past `limit` bytes, 400 if it is not JSON."""
+async def read_json(request: Request, limit: int, timeout: float | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past `limit` bytes, 408 when it has not all
+    arrived within `timeout` seconds (a client trickling a body ties up a connection and
+    its buffers), 400 if it is not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, f"body: {declared} bytes is over the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"body: over the limit of {limit} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def receive() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"body: over the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise HTTPError(
+            408, f"body: not received within {timeout:g} s", headers={"connection": "close"}
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise HTTPError(400, "body: empty; expected a JSON object")

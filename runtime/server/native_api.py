@@ -16,14 +16,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..checks import shown
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
 from .context import ServerContext, handler
-from .engine_client import RequestGroup
-from .http_io import HTTPError, json_response, read_json
+from .engine_client import INLINE_IDS, INLINE_TEXT_CHARS, RequestGroup, off_loop
+from .http_io import HTTPError, json_response
 from .native_request import parse_generate
 
 HEALTH_GENERATE_TIMEOUT = 20.0
+# Ids one /detokenize call may decode: 2M took 1.2 s of a worker thread's time.
+MAX_DETOKENIZE_IDS = 1 << 20
 
 
 def response_dict(out: GenerateOutput) -> dict[str, Any]:
@@ -38,8 +41,24 @@ def response_dict(out: GenerateOutput) -> dict[str, Any]:
     return d
 
 
+_LOGPROB_KEYS = (
+    "input_token_logprobs",
+    "output_token_logprobs",
+    "input_top_logprobs",
+    "output_top_logprobs",
+)
+
+
 class StreamState:
-    """One request's stream: what has been sent so far, to send cumulative events."""
+    """One request's stream: what has been sent so far.
+
+    Text and ids are cumulative per event (what SGLang's client reads), or deltas with
+    `--incremental-streaming-output`. Logprob lists are always deltas: each event carries
+    the entries of its new tokens (the prompt's come once, in the first event that has
+    them), so a stream costs what the unstreamed response does instead of growing with the
+    square of its length; SGLang's client merges them (`_merge_stream_meta_info`), and
+    `output_token_logprobs_length` stays cumulative.
+    """
 
     def __init__(self, spec: RequestSpec, incremental: bool) -> None:
         self.rid = spec.rid
@@ -49,10 +68,8 @@ class StreamState:
         self.top = spec.logprob.top_k > 0
         self.text = ""
         self.ids: list[int] = []
-        self.out_lp: list[list] = []
-        self.out_top: list[list[list]] = []
-        self.in_lp: list[list] = []
-        self.in_top: list[Any] = []
+        self.output_sent = 0  # output logprob entries sent
+        self.input_sent = False
 
     def event(self, chunk: StreamChunk) -> dict[str, Any]:
         if chunk.output is not None:
@@ -67,19 +84,15 @@ class StreamState:
             "cached_tokens": chunk.cached_tokens,
         }
         if self.logprobs:
-            self.in_lp += chunk.input_logprobs or []
-            self.out_lp += chunk.output_logprobs or []
-            new_lp = chunk.output_logprobs or []
-            meta["input_token_logprobs"] = self.in_lp
-            meta["output_token_logprobs"] = new_lp if self.incremental else self.out_lp
-            meta["output_token_logprobs_length"] = len(self.out_lp)
+            new = chunk.output_logprobs or []
+            self.output_sent += len(new)
+            meta["input_token_logprobs"] = chunk.input_logprobs or []
+            meta["output_token_logprobs"] = new
+            meta["output_token_logprobs_length"] = self.output_sent
             if self.top:
-                self.in_top += chunk.input_top_logprobs or []
-                self.out_top += chunk.output_top_logprobs or []
-                meta["input_top_logprobs"] = self.in_top
-                meta["output_top_logprobs"] = (
-                    chunk.output_top_logprobs or [] if self.incremental else self.out_top
-                )
+                meta["input_top_logprobs"] = chunk.input_top_logprobs or []
+                meta["output_top_logprobs"] = chunk.output_top_logprobs or []
+            self.input_sent = self.input_sent or chunk.input_logprobs is not None
         if self.incremental:
             return {"text": chunk.text, "output_ids": chunk.token_ids, "meta_info": meta}
         return {"text": self.text, "output_ids": self.ids, "meta_info": meta}
@@ -87,15 +100,18 @@ class StreamState:
     def _final(self, chunk: StreamChunk) -> dict[str, Any]:
         assert chunk.output is not None
         d = response_dict(chunk.output)
+        meta = d["meta_info"]
+        if "output_token_logprobs" in meta:
+            for key in _LOGPROB_KEYS:
+                if key not in meta:
+                    continue
+                if key.startswith("input"):
+                    meta[key] = [] if self.input_sent else meta[key]
+                else:
+                    meta[key] = meta[key][self.output_sent :]
         if self.incremental:
-            sent = len(self.ids)
             d["text"] = chunk.text
-            d["output_ids"] = d["output_ids"][sent:]
-            meta = d["meta_info"]
-            if "output_token_logprobs" in meta:
-                meta["output_token_logprobs"] = meta["output_token_logprobs"][sent:]
-            if "output_top_logprobs" in meta:
-                meta["output_top_logprobs"] = meta["output_top_logprobs"][sent:]
+            d["output_ids"] = d["output_ids"][len(self.ids) :]
         return d
 
 
@@ -119,7 +135,7 @@ class NativeAPI:
         ]
 
     async def generate(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         parsed = parse_generate(body)
         specs, single = await self.ctx.client.prepare(**parsed.prepare_kwargs)
         if parsed.stream:
@@ -185,6 +201,10 @@ class NativeAPI:
         raise HTTPError(400, "flush_cache: refused while requests are in flight")
 
     async def health(self, request: Request) -> Response:
+        """200 while the engine thread runs; 503 once it has died (the server then exits
+        non-zero, so that a supervisor restarts it)."""
+        if not self.ctx.engine.alive:
+            raise HTTPError(503, "the engine has stopped")
         return Response(status_code=200)
 
     async def health_generate(self, request: Request) -> Response:
@@ -201,10 +221,10 @@ class NativeAPI:
         return Response(status_code=200)
 
     async def abort_request(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         abort_all = body.get("abort_all", False)
         if not isinstance(abort_all, bool):
-            raise HTTPError(400, f"abort_all: expected true or false, got {abort_all!r}")
+            raise HTTPError(400, f"abort_all: expected true or false, got {shown(abort_all)}")
         if abort_all:
             self.ctx.client.abort_all()
             return json_response({"success": True})
@@ -214,7 +234,7 @@ class NativeAPI:
         return json_response({"success": self.ctx.client.abort(rid)})
 
     async def tokenize(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         tok = self.ctx.need_tokenizer("prompt")
         prompt = body.get("prompt")
         special = body.get("add_special_tokens", True)
@@ -224,7 +244,19 @@ class NativeAPI:
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise HTTPError(400, "prompt: expected a string or a list of strings")
-        ids = [tok.encode(p, add_special_tokens=special) for p in prompts]
+        bound = self.ctx.engine.limits.max_prompt_chars
+        too_long = next((i for i, p in enumerate(prompts) if len(p) > bound), None)
+        if too_long is not None:  # refused before the tokenizer spends seconds on it
+            where = "prompt" if single else f"prompt[{too_long}]"
+            raise HTTPError(
+                400,
+                f"{where}: {len(prompts[too_long])} characters cannot fit in the model's "
+                f"context of {self.ctx.engine.max_context} tokens",
+            )
+        heavy = sum(len(p) for p in prompts) > INLINE_TEXT_CHARS
+        ids = await off_loop(
+            lambda: [tok.encode(p, add_special_tokens=special) for p in prompts], heavy
+        )
         return json_response(
             {
                 "tokens": ids[0] if single else ids,
@@ -234,7 +266,7 @@ class NativeAPI:
         )
 
     async def detokenize(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         tok = self.ctx.need_tokenizer("tokens")
         tokens = body.get("tokens")
         skip = body.get("skip_special_tokens", True)
@@ -246,11 +278,16 @@ class NativeAPI:
             isinstance(b, list) and all(_is_id(t) for t in b) for b in batch
         ):
             raise HTTPError(400, "tokens: expected token ids or a list of lists of them")
+        total = sum(len(b) for b in batch)
+        if total > MAX_DETOKENIZE_IDS:
+            raise HTTPError(400, f"tokens: {total} ids; at most {MAX_DETOKENIZE_IDS} per request")
         vocab = self.ctx.engine.model_config.vocab_size
         bad = next((t for b in batch for t in b if t >= vocab), None)
         if bad is not None:
             raise HTTPError(400, f"tokens: id {bad} is out of range [0, {vocab})")
-        texts = [tok.decode(b, skip_special_tokens=skip) for b in batch]
+        texts = await off_loop(
+            lambda: [tok.decode(b, skip_special_tokens=skip) for b in batch], total > INLINE_IDS
+        )
         return json_response({"text": texts[0] if single else texts})
 
 

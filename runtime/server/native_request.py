@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..checks import shown
 from .http_io import HTTPError
 
 # Modalities this server does not take; SGLang clients send them only when a program has one.
@@ -83,7 +84,7 @@ def one_value(body: dict[str, Any], name: str, default: Any, kind: type) -> Any:
     )
     if not ok:
         expected = "true or false" if kind is bool else "an integer"
-        raise HTTPError(400, f"{name}: expected {expected}, got {value!r}")
+        raise HTTPError(400, f"{name}: expected {expected}, got {shown(value)}")
     return value
 
 
@@ -92,4 +93,4 @@ def _rid(rid: Any) -> Any:
         return rid
     if isinstance(rid, list) and all(isinstance(r, str) for r in rid):
         return rid
-    raise HTTPError(400, f"rid: expected a string or a list of strings, got {rid!r}")
+    raise HTTPError(400, f"rid: expected a string or a list of strings, got {shown(rid)}")

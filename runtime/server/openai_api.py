@@ -15,10 +15,10 @@ from starlette.routing import Route
 
 from ..engine_inputs import RequestSpec
 from ..outputs import GenerateOutput, StreamChunk
-from .chat_template import chat_prompt_ids, check_messages
+from .chat_template import chat_prompt_ids, check_messages, check_template_kwargs
 from .context import ServerContext, handler
-from .engine_client import RequestGroup
-from .http_io import HTTPError, json_response, read_json
+from .engine_client import INLINE_TEXT_CHARS, RequestGroup, off_loop
+from .http_io import HTTPError, json_response
 from .openai_request import OpenAIRequest, parse_chat, parse_completion
 
 
@@ -94,7 +94,7 @@ class OpenAIAPI:
 
     # -- /v1/completions -----------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         req, echo = parse_completion(body)
         kwargs = self._engine_kwargs(req, prompt_scores=echo)
         specs, _ = await self.ctx.client.prepare(
@@ -182,16 +182,28 @@ class OpenAIAPI:
 
     # -- /v1/chat/completions ------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        body = await read_json(request, self.ctx.args.max_body_bytes)
+        body = await self.ctx.read_json(request)
         req = parse_chat(body, default_max_tokens=self.ctx.engine.max_context)
-        messages = check_messages(body.get("messages"))
+        engine = self.ctx.engine
+        messages = check_messages(
+            body.get("messages"), engine.max_context, engine.limits.max_prompt_chars
+        )
         tok = self.ctx.need_tokenizer("messages")
         add_generation = body.get("add_generation_prompt", True)
-        template_kwargs = body.get("chat_template_kwargs") or {}
-        if not isinstance(template_kwargs, dict):
-            raise HTTPError(400, "chat_template_kwargs: expected an object")
-        ids = chat_prompt_ids(
-            tok, self.ctx.chat_template, messages, add_generation, template_kwargs
+        if not isinstance(add_generation, bool):
+            raise HTTPError(400, "add_generation_prompt: expected true or false")
+        template_kwargs = check_template_kwargs(tok, body.get("chat_template_kwargs"))
+        heavy = len(messages) > 256 or sum(len(m["content"]) for m in messages) > INLINE_TEXT_CHARS
+        ids = await off_loop(
+            partial(
+                chat_prompt_ids,
+                tok,
+                self.ctx.chat_template,
+                messages,
+                add_generation,
+                template_kwargs,
+            ),
+            heavy,
         )
         specs, _ = await self.ctx.client.prepare(
             input_ids=ids, prompt_field="messages", **self._engine_kwargs(req, False)

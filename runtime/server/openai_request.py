@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..checks import shown
 from ..constrained.request_formats import response_format_params
 from .http_io import HTTPError
 
@@ -64,7 +65,7 @@ def parse_common(
         raise HTTPError(400, f"{', '.join(unknown)}: unrecognized request field(s)")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise HTTPError(400, f"model: expected a string, got {model!r}")
+        raise HTTPError(400, f"model: expected a string, got {shown(model)}")
     params = {_RENAMED[k]: v for k, v in body.items() if k in _RENAMED and v is not None}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
@@ -72,7 +73,7 @@ def parse_common(
     if max_tokens is not None:
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise HTTPError(400, f"{field}: expected an integer >= 0, got {max_tokens!r}")
+            raise HTTPError(400, f"{field}: expected an integer >= 0, got {shown(max_tokens)}")
         params["max_new_tokens"] = max_tokens
     if body.get("logit_bias"):
         raise HTTPError(400, "logit_bias: not supported")
@@ -92,7 +93,7 @@ def parse_common(
         include_usage = _bool(options, "include_usage", False, "stream_options.include_usage")
     rid = body.get("rid")
     if rid is not None and not isinstance(rid, str):
-        raise HTTPError(400, f"rid: expected a string, got {rid!r}")
+        raise HTTPError(400, f"rid: expected a string, got {shown(rid)}")
     return OpenAIRequest(params, stream, include_usage, None, rid)
 
 
@@ -129,7 +130,7 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int) -> OpenAIRequest:
 def _check_top(value: Any, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
         raise HTTPError(
-            400, f"{field}: expected an integer from 0 to {MAX_TOP_LOGPROBS}, got {value!r}"
+            400, f"{field}: expected an integer from 0 to {MAX_TOP_LOGPROBS}, got {shown(value)}"
         )
 
 
@@ -138,5 +139,5 @@ def _bool(body: dict[str, Any], name: str, default: bool, field: str | None = No
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise HTTPError(400, f"{field or name}: expected true or false, got {value!r}")
+        raise HTTPError(400, f"{field or name}: expected true or false, got {shown(value)}")
     return value

@@ -1,6 +1,10 @@
 """Running the app: uvicorn on the configured address. On SIGINT/SIGTERM it stops
 accepting connections, lets in-flight requests finish for `shutdown_timeout` seconds, then
-aborts the rest (their streams end with an `abort` event), and exits with status 0."""
+aborts the rest (their streams end with an `abort` event), and exits with status 0.
+
+Should the engine thread die, the server stops by itself and exits with status 1: a server
+that answers /health but can generate nothing is worse than one a supervisor restarts.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -17,6 +22,7 @@ import uvicorn
 from ..engine import Engine
 from .app import create_app
 from .args import ServerArgs
+from .http_protocol import protocol_with_header_timeout
 
 logger = logging.getLogger("loomlm.server")
 
@@ -36,6 +42,15 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.engine = engine
         self.abort_after = abort_after
+        self.engine_died = False
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn calls this every 0.1 s.
+        if not self.engine_died and not self.engine.alive and self.engine.error is not None:
+            logger.critical("the engine thread died (%s); stopping", self.engine.error)
+            self.engine_died = True
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -74,19 +89,28 @@ def uvicorn_server(engine: Engine, args: ServerArgs) -> uvicorn.Server:
         access_log=False,  # the engine client logs a line per request, with its tokens
         timeout_graceful_shutdown=args.shutdown_timeout + _AFTER_ABORT,
         lifespan="off",
+        http=protocol_with_header_timeout(args.header_timeout),
     )
     return _Server(config, engine, args.shutdown_timeout)
 
 
-def serve(args: ServerArgs) -> None:
-    """Load the engine, serve until SIGINT/SIGTERM, then stop everything."""
-    configure_logging(args.log_level)
-    engine = Engine(**args.engine_kwargs())
+def run_server(engine: Engine, args: ServerArgs) -> int:
+    """Serve `engine` until SIGINT/SIGTERM (0) or until the engine thread dies (1)."""
     server = uvicorn_server(engine, args)
     where = f"http://{args.host}:{args.port}"
     logger.info("serving %s on %s", args.model or "the built-in model", where)
+    server.run()
+    return 1 if server.engine_died else 0
+
+
+def serve(args: ServerArgs) -> None:
+    """Load the engine, serve, then stop everything; exits 1 if the engine died."""
+    configure_logging(args.log_level)
+    engine = Engine(**args.engine_kwargs())
     try:
-        server.run()
+        status = run_server(engine, args)
     finally:
         engine.shutdown()
         logger.info("stopped")
+    if status:
+        sys.exit(status)

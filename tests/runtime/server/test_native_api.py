@@ -226,7 +226,8 @@ def test_abort_request_ends_a_running_request(http, server, engine):
 
 def test_streamed_prompt_logprobs_are_whole_when_the_prompt_was_chunked(http, server, engine):
     """A long prompt arriving while another request decodes is prefilled in chunks; its
-    stream must still carry all of the prompt's logprobs."""
+    stream must still carry all of the prompt's logprobs, whole, in its first event (later
+    events carry only their new tokens' logprobs)."""
     busy = {"text": PROMPT, "rid": "busy", "stream": True,
             "sampling_params": {"max_new_tokens": 100000, "ignore_eos": True}}  # fmt: skip
     long_ids = engine.tokenizer.encode("Once upon a time, there was a dog. " * 12)
@@ -241,6 +242,6 @@ def test_streamed_prompt_logprobs_are_whole_when_the_prompt_was_chunked(http, se
             http.post("/abort_request", json={"rid": "busy"})
             list(lines)
     assert events[-1]["meta_info"]["cached_tokens"] < len(long_ids) - 64
-    for e in events:
-        inputs = e["meta_info"]["input_token_logprobs"]
-        assert len(inputs) == len(long_ids) and inputs[0][0] is None
+    inputs = events[0]["meta_info"]["input_token_logprobs"]
+    assert len(inputs) == len(long_ids) and inputs[0][0] is None
+    assert all(e["meta_info"]["input_token_logprobs"] == [] for e in events[1:])
