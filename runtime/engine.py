@@ -86,6 +86,8 @@ class Engine:
         json_format: separators and bounded whitespace of generated JSON (JsonFormat).
         grammar_compile_timeout: seconds a constraint may take to compile before the
             request is refused.
+        grammar_cache_bytes: the compiled-grammar cache's budget (an estimate per grammar,
+            see constrained.grammar_compiler); the least recently used go first.
         seed: seeds the random streams of requests that give no seed of their own.
         limits: what one request may ask for and how many may be in flight (RequestLimits:
             n, top logprobs, stop strings, constraint sizes, the queue).
@@ -114,6 +116,7 @@ class Engine:
         disable_jump_forward: bool = False,
         json_format: JsonFormat | None = None,
         grammar_compile_timeout: float = 10.0,
+        grammar_cache_bytes: int = 256 << 20,
         seed: int = 0,
         limits: RequestLimits | None = None,
     ) -> None:
@@ -172,6 +175,7 @@ class Engine:
                 grammar_backend,
                 json_format,
                 grammar_compile_timeout,
+                max_cached_bytes=grammar_cache_bytes,
             )
         self.outputs = OutputProcessor(
             self.max_context, self.tokenizer, None if disable_jump_forward else self.grammars

@@ -128,6 +128,8 @@ def check_params(params: SamplingParams, limits: RequestLimits, where: str) -> N
             f"{where}.stop_token_ids: {len(params.stop_token_ids)} ids; at most "
             f"{limits.max_stop_token_ids} are allowed (max_stop_token_ids)"
         )
+    if params.stop:
+        params.stop_strings  # noqa: B018  built here, in the caller's thread, not the engine's
 
 
 def check_prompt(ids: list[int], params: SamplingParams, limits: Limits, where: str) -> None:
@@ -266,17 +268,17 @@ class SpecBuilder:
             return_logprob, logprob_start_len, top_logprobs_num, with_text, max_top
         )
         rids = make_rids(rid, len(prompts))
-        samples = sum(sp.n for sp in params)
-        if samples > self.request_limits.max_queued_requests:
-            raise ValueError(
-                f"sampling_params.n: {samples} samples in one call; at most "
-                f"{self.request_limits.max_queued_requests} may be queued (max_queued_requests)"
-            )
         for i, sp in enumerate(params):  # all checked before any prompt is tokenized
             check_params(
                 sp,
                 self.request_limits,
                 f"sampling_params[{i}]" if len(params) > 1 else "sampling_params",
+            )
+        samples = sum(sp.n for sp in params)
+        if samples > self.request_limits.max_queued_requests:
+            raise ValueError(
+                f"sampling_params.n: {samples} samples in one call; at most "
+                f"{self.request_limits.max_queued_requests} may be queued (max_queued_requests)"
             )
         specs = []
         call = next(self._calls)

@@ -28,6 +28,9 @@ class OutputProcessor:
     ) -> None:
         self.max_context = max_context
         self.tokenizer = tokenizer
+        # Each token's text on its own, decoded once: logprob entries name up to
+        # top_logprobs_num tokens per request per step, on the engine thread.
+        self._token_text: dict[int, str] = {}
         self.jump_forward_with = jump_forward_with  # None: jump-forward is off
         self.jump_forward_tokens = 0  # tokens appended without sampling
         self.timings: list[TokenTimings] = []
@@ -184,4 +187,7 @@ class OutputProcessor:
     def _text_of(self, req: Request, token: int) -> str | None:
         if not req.logprob.with_text or self.tokenizer is None:
             return None
-        return self.tokenizer.decode([token])
+        text = self._token_text.get(token)
+        if text is None:
+            text = self._token_text[token] = self.tokenizer.decode([token])
+        return text

@@ -7,7 +7,7 @@ from typing import Any
 
 from .checks import check_bool, check_float, check_int, shown
 from .constrained.constraint import Constraint, check_constraint_fields
-from .stop_strings import StopStrings
+from .stop_strings import StopStrings, stop_strings_for
 
 GREEDY_BELOW = 1e-6  # a temperature under this means greedy, as in SGLang
 
@@ -82,9 +82,10 @@ class SamplingParams:
     @property
     def stop_strings(self) -> StopStrings:
         """The automaton that finds `stop` in generated text (built on first use, then
-        shared by every request with these params)."""
+        shared by every request that stops on the same strings). The engine builds it in
+        the caller's thread, once the limits on `stop` are checked."""
         if self._stop_strings is None:
-            self._stop_strings = StopStrings(self.stop)
+            self._stop_strings = stop_strings_for(tuple(self.stop))
         return self._stop_strings
 
     @property

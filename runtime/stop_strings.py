@@ -10,6 +10,7 @@ start of a stop string: exactly what a stream must hold back, no more.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -76,3 +77,10 @@ class StopStrings:
                 end = i + 1
                 return state, StopMatch(end - len(found), end, found)
         return state, None
+
+
+@functools.lru_cache(maxsize=16)  # up to 16 x max_stop_chars nodes
+def stop_strings_for(strings: tuple[str, ...]) -> StopStrings:
+    """The automaton of `strings`, shared by every request that stops on the same ones
+    (an automaton is never modified once built)."""
+    return StopStrings(strings)

@@ -96,9 +96,15 @@ def _apply_compiled(logits: torch.Tensor, bitmask: torch.Tensor) -> bool:
 
 def warm_up() -> None:
     """Compile the CPU kernel for its size specialisations now (batch 1 and many), so that
-    no request pays the seconds of compilation."""
-    for batch in (1, 2):
-        _apply_compiled(torch.zeros(batch, 40), torch.zeros(batch, 2, dtype=torch.int32))
+    no request pays the seconds of compilation. Under inference_mode, as the runner calls
+    it: a compile is specific to the grad mode, and one made in the other mode would be
+    made again during a step. Vocabularies that fill their last word exactly (V = 32 *
+    words) and those that do not compile apart too."""
+    with torch.inference_mode():
+        for batch in (1, 2):
+            for vocab in (40, 64):
+                logits = torch.zeros(batch, vocab)
+                _apply_compiled(logits, torch.zeros(batch, 2, dtype=torch.int32))
 
 
 def apply_token_bitmask_(

@@ -67,14 +67,17 @@ class GrammarCompiler:
         self.cached_bytes = 0  # the cache's charge (see the module's docstring)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loomlm-grammar")
+        # The mask kernel compiles now, not under the first constrained request: compiling
+        # takes seconds of the GIL, and every request then in flight stalled for them
+        # (3.6 s for everyone, measured under load). Right after the engine's own kernels
+        # it costs ~0.3 s more.
+        bitmask.warm_up()
 
     def backend_for(self, kind: str) -> GrammarBackend:
         name = AUTO_BACKEND[kind] if self.backend_name == "auto" else self.backend_name
         with self._lock:
             backend = self._backends.get(name)
             if backend is None:
-                if not self._backends:
-                    bitmask.warm_up()  # the first constrained request, not a step, compiles it
                 backend = self._backends[name] = _make_backend(name, *self._args)
             return backend
 

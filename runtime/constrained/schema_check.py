@@ -58,11 +58,12 @@ class SchemaCheck:
         schema = json.loads(schema_text)
         validator_cls = jsonschema.validators.validator_for(schema)
         if check_schema:
-            try:
-                validator_cls.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-                raise ValueError(f"json_schema: invalid schema at {where}: {exc.message}") from None
+            meta = validator_cls.META_SCHEMA
+            checker = jsonschema.validators.validator_for(meta)(meta, format_checker=_FORMATS)
+            error = jsonschema.exceptions.best_match(checker.iter_errors(schema))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                raise ValueError(f"json_schema: invalid schema at {where}: {error.message}")
         _check_patterns(schema)
         fenced = jsonschema.validators.extend(validator_cls, _TIMED_KEYWORDS)
         # An empty registry retrieves nothing: jsonschema's default one would fetch URLs.
@@ -145,6 +146,18 @@ _TIMED_KEYWORDS = {
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,
 }
+
+
+# The meta-schema's formats, but "regex" as the check matches them: with `regex`, which
+# knows what `re` does not (\p{Lu}...).
+_FORMATS = jsonschema.FormatChecker(formats=jsonschema.FormatChecker.checkers)
+
+
+@_FORMATS.checks("regex", raises=(regex.error, TypeError))
+def _is_regex(instance: object) -> bool:
+    if isinstance(instance, str):
+        regex.compile(instance)
+    return True
 
 
 def _check_patterns(schema: Any) -> None:

@@ -31,6 +31,7 @@ ENGINE_OPTIONS: dict[str, str] = {
     "grammar_backend": "auto, llguidance, outlines or xgrammar",
     "disable_jump_forward": "sample forced constrained text token by token",
     "grammar_compile_timeout": "seconds a constraint may take to compile",
+    "grammar_cache_bytes": "budget of the compiled-grammar cache (estimated bytes)",
     "seed": "seed of requests that give none",
 }
 
@@ -51,6 +52,7 @@ class ServerArgs:
     body_timeout: float = 60.0
     incremental_streaming_output: bool = False
     shutdown_timeout: float = 10.0
+    cpu_threads: int | None = None  # the model's threads on CPU; None: all cores but one
     log_level: str = "info"
     dtype: str = "auto"
     device: str | None = None
@@ -67,6 +69,7 @@ class ServerArgs:
     grammar_backend: str = "auto"
     disable_jump_forward: bool = False
     grammar_compile_timeout: float = 10.0
+    grammar_cache_bytes: int = 256 << 20
     seed: int = 0
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -77,6 +80,8 @@ class ServerArgs:
             raise ValueError(f"max_body_bytes: expected >= 1024, got {self.max_body_bytes}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout: expected >= 0, got {self.shutdown_timeout}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads: expected >= 1, got {self.cpu_threads}")
         for name in ("header_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
@@ -146,6 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        help="the model's threads on CPU (default: all cores but one, left to the HTTP server)",
     )
     defaults = ServerArgs()
     types = {f.name: f.type for f in fields(ServerArgs)}

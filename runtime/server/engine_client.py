@@ -61,6 +61,7 @@ class RequestGroup:
         self.client = client
         self.index = {spec.rid: i for i, spec in enumerate(specs)}
         self.pending = set(self.index)
+        self.client_rids: set[str] = set()  # ids the client gave for n > 1 (see EngineClient)
         loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         put = self.inbox.put_nowait
@@ -101,6 +102,9 @@ class RequestGroup:
         for rid in self.pending:
             self.client.engine.abort(rid)
         self.client.inflight.difference_update(self.index)
+        for rid in self.client_rids:
+            self.client.by_client_rid.pop(rid, None)
+        self.client_rids.clear()
         self.pending.clear()
 
 
@@ -111,6 +115,8 @@ class EngineClient:
         self.engine = engine
         self.on_finished = on_finished
         self.inflight: set[str] = set()  # engine request ids
+        # The engine ids of a client's id: itself, or "<rid>-<k>" for its n samples.
+        self.by_client_rid: dict[str, list[str]] = {}
 
     async def prepare(self, **kwargs: Any) -> tuple[list[RequestSpec], bool]:
         """Engine.prepare; a ValueError becomes HTTP 400. Compiling a grammar or tokenizing
@@ -139,6 +145,11 @@ class EngineClient:
         self.check_rids(specs)
         group = RequestGroup(self, specs, stream)
         self.inflight.update(spec.rid for spec in specs)
+        for spec in specs:
+            if spec.params.n > 1:
+                client_rid = spec.rid.rsplit("-", 1)[0]
+                self.by_client_rid.setdefault(client_rid, []).append(spec.rid)
+                group.client_rids.add(client_rid)
         return group
 
     def stream(
@@ -167,7 +178,9 @@ class EngineClient:
     def abort(self, rid: str) -> bool:
         """Abort a request by the id its client gave (with all `n` samples of it). False
         when no such request is in flight."""
-        rids = [r for r in self.inflight if r == rid or r.startswith(f"{rid}-")]
+        rids = [r for r in self.by_client_rid.get(rid, ()) if r in self.inflight]
+        if rid in self.inflight:
+            rids.append(rid)
         for r in rids:
             self.engine.abort(r)
         return bool(rids)

@@ -95,7 +95,7 @@ class OpenAIAPI:
     # -- /v1/completions -----------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
-        req, echo = parse_completion(body)
+        req, echo = parse_completion(body, self._max_top())
         kwargs = self._engine_kwargs(req, prompt_scores=echo)
         specs, _ = await self.ctx.client.prepare(
             prompt=body["prompt"], prompt_field="prompt", **kwargs
@@ -183,7 +183,7 @@ class OpenAIAPI:
     # -- /v1/chat/completions ------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
-        req = parse_chat(body, default_max_tokens=self.ctx.engine.max_context)
+        req = parse_chat(body, self.ctx.engine.max_context, self._max_top())
         engine = self.ctx.engine
         messages = check_messages(
             body.get("messages"), engine.max_context, engine.limits.max_prompt_chars
@@ -295,6 +295,10 @@ class OpenAIAPI:
                 yield {**head, "choices": [], "usage": usage(specs, outputs)}  # type: ignore[arg-type]
         finally:
             group.close()
+
+    def _max_top(self) -> int:
+        engine = self.ctx.engine
+        return min(engine.request_limits.max_top_logprobs, engine.model_config.vocab_size)
 
     def _engine_kwargs(self, req: OpenAIRequest, prompt_scores: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"sampling_params": req.sampling_params, "rid": req.rid}

@@ -46,7 +46,6 @@ CHAT_FIELDS = _COMMON | {
     "add_generation_prompt",
     "chat_template_kwargs",
 }
-MAX_TOP_LOGPROBS = 20
 
 
 class OpenAIRequest(NamedTuple):
@@ -97,8 +96,9 @@ def parse_common(
     return OpenAIRequest(params, stream, include_usage, None, rid)
 
 
-def parse_completion(body: dict[str, Any]) -> tuple[OpenAIRequest, bool]:
-    """The request, and whether to echo the prompt."""
+def parse_completion(body: dict[str, Any], max_top: int) -> tuple[OpenAIRequest, bool]:
+    """The request, and whether to echo the prompt. `max_top`: the most top logprobs the
+    engine gives (its RequestLimits)."""
     req = parse_common(body, COMPLETION_FIELDS, default_max_tokens=16)  # OpenAI's default
     if body.get("prompt") is None:
         raise HTTPError(400, "prompt: required")
@@ -109,11 +109,11 @@ def parse_completion(body: dict[str, Any]) -> tuple[OpenAIRequest, bool]:
         raise HTTPError(400, "best_of: only best_of == n is supported")
     logprobs = body.get("logprobs")
     if logprobs is not None:
-        _check_top(logprobs, "logprobs")
+        _check_top(logprobs, "logprobs", max_top)
     return req._replace(top_logprobs=logprobs), _bool(body, "echo", False)
 
 
-def parse_chat(body: dict[str, Any], default_max_tokens: int) -> OpenAIRequest:
+def parse_chat(body: dict[str, Any], default_max_tokens: int, max_top: int) -> OpenAIRequest:
     req = parse_common(body, CHAT_FIELDS, default_max_tokens)
     tools, choice = body.get("tools"), body.get("tool_choice")
     if tools or choice not in (None, "none"):
@@ -121,16 +121,16 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int) -> OpenAIRequest:
     top = None
     if _bool(body, "logprobs", False):
         top = body.get("top_logprobs") or 0
-        _check_top(top, "top_logprobs")
+        _check_top(top, "top_logprobs", max_top)
     elif body.get("top_logprobs") is not None:
         raise HTTPError(400, "top_logprobs: needs logprobs to be true")
     return req._replace(top_logprobs=top)
 
 
-def _check_top(value: Any, field: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
+def _check_top(value: Any, field: str, max_top: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= max_top:
         raise HTTPError(
-            400, f"{field}: expected an integer from 0 to {MAX_TOP_LOGPROBS}, got {shown(value)}"
+            400, f"{field}: expected an integer from 0 to {max_top}, got {shown(value)}"
         )
 
 

@@ -46,6 +46,10 @@ def test_serve_logs_guards_and_shuts_down_cleanly():
             "k3y",
             "--shutdown-timeout",
             "1",
+            # Room for the long stream to outlast the grace period (the model's own 512
+            # tokens took under a second on a quiet machine, and it ended by "length").
+            "--context-length",
+            "8192",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
