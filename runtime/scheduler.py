@@ -310,20 +310,15 @@ class Scheduler:
                 self.kv.commit(req)
         return touched
 
-    def fail(self, items: list[ScheduledItem], reason: FinishReason) -> list[Request]:
-        """A step raised: abort its requests, freeing every slot they were given for it."""
-        for item in items:
-            self._fail(item, reason)
-        return [item.req for item in items]
-
     def _fail(self, item: ScheduledItem, reason: FinishReason) -> None:
+        """Abort `item`'s request, freeing every slot it was given for this step (the error
+        stands even if the request had just finished otherwise)."""
         req = item.req
         if req.table_row is not None:
             req.num_computed = item.end  # slots up to `end` were allocated for this step
             self.kv.release(req, keep_kv=False)  # this step's KV may be half written
         self._drop_active(req)
-        if not req.status.finished:
-            req.finish(RequestStatus.FINISHED_ABORT, reason)
+        req.finish(RequestStatus.FINISHED_ABORT, reason)
 
     # -- membership ----------------------------------------------------------------------
     def _preempt(self, req: Request) -> None:

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import machine_load
 from .bench_model import bench_model_dir
 from .serving_client import BenchRequest, RequestTiming, engine_sender, http_sender, run_all
@@ -168,10 +170,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     results: list[dict[str, Any]] = []
     engine_kwargs: dict[str, Any] = {"max_total_tokens": args.max_total_tokens}
-    extra: list[str] = []
+    # The server would leave a core to its event loop (--cpu-threads' default); here it gets
+    # the offline engine's threads, so that the two sides differ by HTTP alone.
+    extra: list[str] = ["--cpu-threads", str(torch.get_num_threads())]
     if args.chunked_prefill_size is not None:
         engine_kwargs["chunked_prefill_size"] = args.chunked_prefill_size
-        extra = ["--chunked-prefill-size", str(args.chunked_prefill_size)]
+        extra += ["--chunked-prefill-size", str(args.chunked_prefill_size)]
     server = None if args.base_url else ServerProcess(model, args.max_total_tokens, extra)
     engine = None
     connector = aiohttp.TCPConnector(limit=0)

@@ -2,8 +2,9 @@
 
 Each mask is then a table lookup (about a microsecond where few tokens are allowed), but
 compiling explores every (state, token) pair: tens of milliseconds for a small regex and
-seconds for a JSON schema (compiled to one regex by outlines' own translator). Grammars
-(ebnf) are not regular and are refused.
+seconds for a JSON schema (compiled to one regex by outlines' own translator), in a child
+process with a memory cap (outlines_sandbox). Grammars (ebnf) are not regular and are
+refused.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 
 import outlines_core
 import torch
-from outlines_core.json_schema import build_regex_from_schema
 
 from .bitmask import row_pointer
 from .constraint import Constraint
 from .matcher import CompiledGrammar, GrammarBackend, Matcher
+from .outlines_sandbox import build_index
 from .regex_text import choices_regex
 from .token_bytes import vocabulary_bytes
 
@@ -100,19 +101,14 @@ class OutlinesBackend(GrammarBackend):
         self.vocabulary = outlines_vocabulary(tokenizer, vocab_size, eos_ids)
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
-        if constraint.kind == "regex":
-            regex = constraint.value
+        """Compiled in a child process (outlines_sandbox): outlines-core's ahead-of-time
+        compile can take more memory and time than any server has."""
+        if constraint.kind in ("regex", "json_schema"):
+            text = constraint.value
         elif constraint.kind == "choices":
-            regex = choices_regex(constraint.choices)
-        elif constraint.kind == "json_schema":
-            try:
-                regex = build_regex_from_schema(constraint.value, r"[ ]?")
-            except Exception as exc:
-                raise ValueError(f"json_schema: {exc}") from None
+            text = choices_regex(constraint.choices)
         else:
             raise ValueError(f"{constraint.kind}: outlines-core compiles regular languages only")
-        try:
-            index = outlines_core.Index(regex, self.vocabulary)
-        except Exception as exc:
-            raise ValueError(f"{constraint.kind}: {exc}") from None
+        kind = "json_schema" if constraint.kind == "json_schema" else "regex"
+        index = build_index(kind, text, self.vocabulary)
         return OutlinesGrammar(index, self.eos_ids)

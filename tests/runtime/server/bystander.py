@@ -14,17 +14,29 @@ PROMPT = "Once upon a time"
 class Bystander:
     """A greedy stream over /generate, started before the hostile request and checked
     after it: `with Bystander(server, engine): <hostile request>`. On leaving, the stream
-    must have finished with the same tokens as the engine gives the same request alone,
-    within `timeout` seconds (an engine that died would leave it hanging)."""
+    must have finished with the same tokens as the engine gives the same request alone
+    (asked over HTTP first when the engine is in another process: `engine=None`), within
+    `timeout` seconds (an engine that died would leave it hanging)."""
 
     def __init__(
-        self, server: Any, engine: Any, tokens: int = 120, prompt: str = PROMPT, timeout=60.0
+        self,
+        server: Any,
+        engine: Any,
+        tokens: int = 120,
+        prompt: str = PROMPT,
+        timeout: float = 60.0,
     ) -> None:
-        self.url = server.url
+        self.url = server if isinstance(server, str) else server.url
         self.params = {"max_new_tokens": tokens, "temperature": 0, "ignore_eos": True}
         self.prompt = prompt
         self.timeout = timeout
-        self.expected = engine.generate(prompt, self.params)
+        if engine is not None:
+            alone = engine.generate(prompt, self.params)
+            self.expected_text, self.expected_ids = alone.text, alone.output_ids
+        else:
+            body = {"text": prompt, "sampling_params": self.params}
+            alone = httpx.post(f"{self.url}/generate", json=body, timeout=timeout).json()
+            self.expected_text, self.expected_ids = alone["text"], alone["output_ids"]
         self.events: list[dict] = []
         self.started = threading.Event()
         self.error: BaseException | None = None
@@ -59,5 +71,5 @@ class Bystander:
         assert self.error is None, f"the bystander failed: {self.error!r}"
         last = self.events[-1]
         assert last["meta_info"]["finish_reason"]["type"] == "length", last["meta_info"]
-        assert last["text"] == self.expected.text
-        assert last["output_ids"] == self.expected.output_ids
+        assert last["text"] == self.expected_text
+        assert last["output_ids"] == self.expected_ids

@@ -155,7 +155,7 @@ def test_a_long_rule_chain_neither_crashes_nor_is_compiled_past_the_limit():
     """Defect 4: a chain of 3,000 grammar rules overflowed the compiler's stack: a
     segfault, every connection dropped. Over the limit it is now a 400 before compiling;
     and with the limit raised, 5,000 compile on the compiler's larger stack."""
-    with started_server("--max-grammar-rules", "6000") as url:
+    with started_server("--max-grammar-rules", "6000") as url, Bystander(url, None, tokens=400):
         for rules, status in [(7000, 400), (5000, 200), (3000, 200)]:
             body = {"text": PROMPT, "sampling_params": {"max_new_tokens": 4, "ebnf": grammar_chain(rules)}}  # fmt: skip
             r = httpx.post(f"{url}/generate", json=body, timeout=60)
@@ -204,3 +204,26 @@ def test_deep_nesting_is_400_never_500(http, server, engine):
             assert r.status_code == 400, (path, field, r.text[:300])
             message = r.json()["error"]["message"]
             assert field in message and len(message) < 500, message
+
+
+def test_an_outlines_compile_that_would_exhaust_memory_fails_alone():
+    """outlines-core's schema-to-regex translation multiplies with nesting: 4 levels of
+    objects with 20 properties each would take the server's memory. Its compiles run in a
+    child process with a memory cap, so the constraint fails alone."""
+    from loomlm.runtime.constrained.constraint import Constraint
+    from loomlm.runtime.constrained.grammar_compiler import GrammarCompiler
+    from loomlm.runtime.tokenizer import load_tokenizer
+
+    from ..checkpoints import default_model_dir
+
+    compiler = GrammarCompiler(load_tokenizer(default_model_dir()), 512, [2], "outlines", 60)
+    try:
+        schema: dict = {"type": "integer"}
+        for _ in range(4):
+            schema = {"type": "object", "properties": {f"p{j}": schema for j in range(20)}}
+        with pytest.raises(ValueError, match="json_schema: too large for the outlines backend"):
+            compiler.compile(Constraint("json_schema", json.dumps(schema)))
+        small = compiler.compile(Constraint("json_schema", '{"type": "integer"}'))
+        assert small.matcher().error is None
+    finally:
+        compiler.shutdown()
