@@ -4,28 +4,16 @@ a clean exit on SIGTERM that finishes short requests and aborts long ones."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
-from .live_server import free_port
+from .live_server import free_port, loomlm_command, wait_healthy
 
 PROMPT = "Once upon a time"
-
-
-def loomlm_command() -> list[str]:
-    script = Path(sys.executable).parent / "loomlm"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("loomlm")
-    assert found, "the `loomlm` console script is not installed (pip install -e .)"
-    return [found]
 
 
 def stream_lines(url: str, body: dict, out: list) -> None:
@@ -56,17 +44,12 @@ def test_serve_logs_guards_and_shuts_down_cleanly():
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def alive() -> None:
+        assert proc.poll() is None, proc.stdout.read()
+
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        wait_healthy(url, 120, alive)
         body = {"text": PROMPT, "rid": "logged-1", "sampling_params": {"max_new_tokens": 7}}
         assert httpx.post(f"{url}/generate", json=body).status_code == 401
         r = httpx.post(f"{url}/generate", json=body, headers={"Authorization": "Bearer k3y"})

@@ -17,7 +17,7 @@ from loomlm.runtime.server.serve import run_server
 
 from ..helpers import assert_pool_whole
 from .bystander import PROMPT, Bystander
-from .live_server import free_port
+from .live_server import free_port, wait_healthy
 
 SKIP_SPECIAL = [
     ("/generate", {"text": PROMPT, "sampling_params": {"max_new_tokens": 4, "skip_special_tokens": 0}}),
@@ -121,15 +121,7 @@ def test_a_dead_engine_turns_health_503_fails_calls_and_stops_the_server():
     thread.start()
     url = f"http://127.0.0.1:{args.port}"
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the server did not come up"
-            time.sleep(0.05)
+        wait_healthy(url, 30)
         events: list[str] = []
         failed = threading.Event()
 

@@ -21,7 +21,7 @@ from queue import Queue
 import httpx
 from loomlm.runtime import RequestLimits
 
-from .test_untrusted_input import started_server
+from .live_server import started_server
 
 PROMPT = "Once upon a time"
 CANARY = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}

@@ -3,21 +3,17 @@ process, and never turns into a RecursionError."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from loomlm.runtime.constrained.schema_check import CheckFailed, SchemaCheck
 
 from .bystander import PROMPT, Bystander
-from .live_server import free_port
-from .test_cli import loomlm_command
+from .live_server import started_server
 
 
 class CountingServer:
@@ -121,34 +117,6 @@ def grammar_chain(rules: int) -> str:
         + "".join(f'r{i}: "x{i}" r{i + 1}\n' for i in range(rules))
         + f'r{rules}: "end"\n'
     )
-
-
-@contextlib.contextmanager
-def started_server(*flags: str) -> Iterator[str]:
-    """`loomlm serve` in a process of its own, as deployed; yields its URL, and asserts on
-    leaving that it is still alive."""
-    port = free_port()
-    command = [*loomlm_command(), "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        [*command, *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the server did not come up"
-            time.sleep(0.2)
-        yield url
-        assert proc.poll() is None, "the server died"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_long_rule_chain_neither_crashes_nor_is_compiled_past_the_limit():
