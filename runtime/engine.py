@@ -18,6 +18,7 @@ import logging
 import queue
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,16 @@ import torch
 from .attention.torch_backend import TorchAttention
 from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.json_format import JsonFormat
-from .detokenizer import IncrementalDetokenizer
-from .engine_inputs import Limits, ParamsInput, RequestSpec, SpecBuilder, prompt_chars_bound
-from .engine_loop import ArrivalWait, EngineLoop, Event
+from .engine_inputs import (
+    Limits,
+    ParamsInput,
+    RequestSpec,
+    SpecBuilder,
+    make_request,
+    prompt_chars_bound,
+)
+from .engine_loop import ArrivalWait, EngineLoop, Event, raise_if_error
+from .engine_stats import read_stats
 from .kv_budget import kv_slots_for
 from .kv_pool import KVPool
 from .model_runner import ModelRunner
@@ -38,7 +46,6 @@ from .output_processor import OutputProcessor, TokenTimings
 from .outputs import GenerateOutput, StreamChunk
 from .prefix_cache import NoPrefixCache
 from .radix_cache import RadixCache
-from .request import Request
 from .request_limits import RequestLimits
 from .scheduler import Scheduler, SchedulerConfig
 from .tokenizer import load_tokenizer
@@ -237,10 +244,10 @@ class Engine:
             rid,
         )
         inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
-        self._submit(specs, stream=False, on_event=inbox.put)
+        self.submit(specs, stream=False, on_event=inbox.put)
         by_rid = {}
         while len(by_rid) < len(specs):
-            out = _raise_if_error(inbox.get())
+            out = raise_if_error(inbox.get())
             by_rid[out.rid] = out
         results = [by_rid[s.rid] for s in specs]
         return results[0] if single and len(results) == 1 else results
@@ -254,10 +261,10 @@ class Engine:
         """Yield chunks of new text as one request generates (n must be 1)."""
         spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
         inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
-        self._submit([spec], stream=True, on_event=inbox.put)
+        self.submit([spec], stream=True, on_event=inbox.put)
         try:
             while True:
-                chunk = _raise_if_error(inbox.get())
+                chunk = raise_if_error(inbox.get())
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -271,11 +278,11 @@ class Engine:
         """`generate` for asyncio: awaits without blocking the event loop."""
         specs, single = self._inputs.specs_from(prompt, sampling_params, kwargs)
         inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self._submit(specs, stream=False, on_event=_threadsafe_put(inbox))
+        self.submit(specs, stream=False, on_event=_threadsafe_put(inbox))
         by_rid = {}
         try:
             while len(by_rid) < len(specs):
-                out = _raise_if_error(await inbox.get())
+                out = raise_if_error(await inbox.get())
                 by_rid[out.rid] = out
         except asyncio.CancelledError:
             for spec in specs:
@@ -289,10 +296,10 @@ class Engine:
     ) -> AsyncIterator[StreamChunk]:
         spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
         inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self._submit([spec], stream=True, on_event=_threadsafe_put(inbox))
+        self.submit([spec], stream=True, on_event=_threadsafe_put(inbox))
         try:
             while True:
-                chunk = _raise_if_error(await inbox.get())
+                chunk = raise_if_error(await inbox.get())
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -328,7 +335,11 @@ class Engine:
         """Start prepared requests, all or none (EngineOverloadedError past the queue limit).
         `on_event` is called from the engine thread with StreamChunks (when `stream`) and
         finally the GenerateOutput or last chunk; or with EngineDeadError."""
-        self._submit(specs if isinstance(specs, list) else [specs], stream, on_event)
+        make = partial(
+            make_request, stream=stream, on_event=on_event, tokenizer=self.tokenizer,
+            eos_ids=self.eos_ids, rng=self._rng,
+        )  # fmt: skip
+        self._loop.submit([make(spec) for spec in (specs if isinstance(specs, list) else [specs])])
 
     def observe_timings(self, timings: TokenTimings) -> None:
         """Report every request's time to first token and inter-token gaps to `timings`
@@ -337,35 +348,9 @@ class Engine:
 
     # -- inspection and lifecycle ------------------------------------------------------------
     def stats(self) -> dict[str, int | float]:
-        """Counters since start. `kv_slots_free` excludes `cached_tokens` (slots the prefix
-        cache keeps, freed on demand); `cache_hit_rate` is the share of admitted prompt
-        tokens read from the cache."""
-
-        def read() -> dict[str, int | float]:
-            s = self.scheduler.stats
-            cache = self.prefix_cache
-            return {
-                "kv_slots_total": self.kv_pool.num_slots,
-                "kv_slots_free": self.kv_pool.num_free(),
-                "num_running": self.scheduler.num_running,
-                "num_waiting": len(self.scheduler.waiting),
-                "num_preemptions": s.num_preemptions,
-                "num_steps": s.num_steps,
-                "prompt_tokens": s.prompt_tokens,
-                "generated_tokens": s.generated_tokens,
-                "cached_tokens": cache.size,
-                "cached_tokens_evictable": cache.evictable_size,
-                "cache_hit_tokens": s.cache_hit_tokens,
-                "cache_query_tokens": s.cache_query_tokens,
-                "cache_hit_rate": s.cache_hit_rate,
-                "evicted_tokens": cache.evicted_tokens,
-                "jump_forward_tokens": self.outputs.jump_forward_tokens,
-                "num_in_flight": self._loop.num_in_flight,
-                "grammar_cache_entries": self.grammars.num_cached if self.grammars else 0,
-                "grammar_cache_bytes": self.grammars.cached_bytes if self.grammars else 0,
-            }
-
-        return self._loop.call(read)  # type: ignore[return-value]
+        """Counters since start (see engine_stats.read_stats for what each one counts)."""
+        in_flight = self._loop.num_in_flight
+        return self._loop.call(lambda: read_stats(self, in_flight))  # type: ignore[return-value]
 
     @property
     def alive(self) -> bool:
@@ -404,50 +389,6 @@ class Engine:
             loop.stop()
 
     # -- internals ---------------------------------------------------------------------------
-    def _submit(
-        self,
-        specs: list[RequestSpec],
-        stream: bool,
-        on_event: Callable[[Event | BaseException], None],
-    ) -> None:
-        self._loop.submit([self._request(spec, stream, on_event) for spec in specs])
-
-    def _request(
-        self,
-        spec: RequestSpec,
-        stream: bool,
-        on_event: Callable[[Event | BaseException], None],
-    ) -> Request:
-        params = spec.params
-        if params.seed is None:
-            seed = self._rng.getrandbits(63)
-        else:  # the n samples of one seeded prompt differ, reproducibly
-            seed = (params.seed + spec.sample_index * 0x9E3779B97F4A7C15) % (1 << 63)
-        detok = None
-        if self.tokenizer is not None:
-            detok = IncrementalDetokenizer(
-                self.tokenizer, spec.prompt_ids, params.skip_special_tokens
-            )
-        return Request(
-            rid=spec.rid,
-            prompt_ids=spec.prompt_ids,
-            params=params,
-            eos_ids=self.eos_ids,
-            seed=seed,
-            detokenizer=detok,
-            on_event=on_event,
-            logprob=spec.logprob,
-            stream=stream,
-            matcher=spec.grammar.matcher() if spec.grammar is not None else None,
-            call=spec.call,
-        )
-
-
-def _raise_if_error(event: Event | BaseException) -> Event:
-    """Events are outputs, or the exception that ended the engine (EngineDeadError)."""
-    if isinstance(event, BaseException):
-        raise event
-    return event
 
 
 def _threadsafe_put(q: asyncio.Queue) -> Callable[[Event | BaseException], None]:

@@ -7,15 +7,17 @@ naming the field before anything reaches the engine loop.
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .checks import check_bool, shown
 from .constrained.constraint_limits import check_constraint_size
 from .constrained.grammar_compiler import GrammarCompiler
 from .constrained.matcher import CompiledGrammar
-from .request import LogprobRequest
+from .detokenizer import IncrementalDetokenizer
+from .request import LogprobRequest, Request
 from .request_limits import RequestLimits
 from .sampling_params import SamplingParams
 
@@ -323,3 +325,35 @@ class SpecBuilder:
                 f"{self.limits.max_context} tokens"
             )
         return self.tokenizer.encode(prompt)
+
+
+def make_request(
+    spec: RequestSpec,
+    stream: bool,
+    on_event: Callable[[Any], None],
+    tokenizer: Any,
+    eos_ids: frozenset[int],
+    rng: random.Random,
+) -> Request:
+    """The engine's Request for a prepared spec; `rng` seeds requests that give no seed."""
+    params = spec.params
+    if params.seed is None:
+        seed = rng.getrandbits(63)
+    else:  # the n samples of one seeded prompt differ, reproducibly
+        seed = (params.seed + spec.sample_index * 0x9E3779B97F4A7C15) % (1 << 63)
+    detok = None
+    if tokenizer is not None:
+        detok = IncrementalDetokenizer(tokenizer, spec.prompt_ids, params.skip_special_tokens)
+    return Request(
+        rid=spec.rid,
+        prompt_ids=spec.prompt_ids,
+        params=params,
+        eos_ids=eos_ids,
+        seed=seed,
+        detokenizer=detok,
+        on_event=on_event,
+        logprob=spec.logprob,
+        stream=stream,
+        matcher=spec.grammar.matcher() if spec.grammar is not None else None,
+        call=spec.call,
+    )

@@ -310,6 +310,14 @@ class EngineLoop:
 ABORTED = FinishReason("abort", message="aborted")
 
 
+def raise_if_error(event: Event | BaseException) -> Event:
+    """What a consumer does with each event: outputs pass, the exception that ended the
+    engine (EngineDeadError) is raised."""
+    if isinstance(event, BaseException):
+        raise event
+    return event
+
+
 def _deliver(req: Request, event: Event | BaseException) -> bool:
     """Hand an event to the request's consumer; False if the consumer is gone (a closed event
     loop...), which must not stop the engine."""

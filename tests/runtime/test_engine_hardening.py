@@ -5,7 +5,6 @@ of hanging, and the queue is bounded."""
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import pytest
@@ -131,29 +130,29 @@ def test_a_request_that_fails_fails_alone(engine, method):
     assert_pool_whole(engine)
 
 
-def test_a_detokenizer_that_raises_fails_its_request_alone(engine):
-    bystander = threading.Thread(target=lambda: results.append(engine.generate(PROMPT, GREEDY)))
-    results: list = []
+def test_a_detokenizer_that_raises_fails_its_request_alone(engine, monkeypatch):
+    import loomlm.runtime.engine as engine_module
 
     class Broken:
         def decode(self, *args, **kwargs):
             raise TypeError("injected decode fault")
 
-    def broken_detokenizer(spec, stream, on_event):
-        req = make_request(spec, stream, on_event)
-        req.detokenizer.tokenizer = Broken()
+    make_request = engine_module.make_request
+
+    def broken_detokenizer(spec, *args, **kwargs):
+        req = make_request(spec, *args, **kwargs)
+        if spec.rid.startswith("poison"):
+            req.detokenizer.tokenizer = Broken()
         return req
 
-    make_request = engine._request
-    engine._request = broken_detokenizer
-    try:
-        out = engine.generate("The dog", {**GREEDY, "stop": ["zz"]})
-    finally:
-        del engine._request
-    bystander.start()
-    bystander.join(30)
-    assert out.finish_reason.type == "abort" and out.finish_reason.status_code == 500
-    assert results and results[0].output_ids == engine.generate(PROMPT, GREEDY).output_ids
+    monkeypatch.setattr(engine_module, "make_request", broken_detokenizer)
+    alone = engine.generate(PROMPT, GREEDY)
+    outs = engine.generate(
+        ["The dog", PROMPT], {**GREEDY, "stop": ["zz"]}, rid=["poison-1", "ok-1"]
+    )
+    assert outs[0].finish_reason.type == "abort" and outs[0].finish_reason.status_code == 500
+    assert "injected decode fault" in outs[0].finish_reason.message
+    assert outs[1].output_ids == alone.output_ids
     assert_pool_whole(engine)
 
 
