@@ -24,7 +24,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ..threads import large_stacks
-from . import bitmask
 from .constraint import Constraint
 from .json_format import JsonFormat
 from .matcher import CompiledGrammar, GrammarBackend
@@ -67,11 +66,6 @@ class GrammarCompiler:
         self.cached_bytes = 0  # the cache's charge (see the module's docstring)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loomlm-grammar")
-        # The mask kernel compiles now, not under the first constrained request: compiling
-        # takes seconds of the GIL, and every request then in flight stalled for them
-        # (3.6 s for everyone, measured under load). Right after the engine's own kernels
-        # it costs ~0.3 s more.
-        bitmask.warm_up()
 
     def backend_for(self, kind: str) -> GrammarBackend:
         name = AUTO_BACKEND[kind] if self.backend_name == "auto" else self.backend_name
