@@ -75,6 +75,9 @@ class RequestGroup:
         except EngineDeadError as exc:
             self.pending.clear()
             raise engine_unavailable(exc) from None
+        except ValueError as exc:  # an id in flight through another door (the Python API)
+            self.pending.clear()
+            raise HTTPError(400, str(exc)) from None
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
         while self.pending:
