@@ -82,19 +82,3 @@ def nesting_depth(value: Any, limit: int) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth) for child in children)
     return deepest
-
-
-def text_nesting_depth(text: str, limit: int, opening: str = "([{", closing: str = ")]}") -> int:
-    """The deepest bracket nesting in `text` (brackets inside quotes count too: an upper
-    bound is all a guard needs); stops once past `limit`."""
-    depth = deepest = 0
-    for ch in text:
-        if ch in opening:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    return limit + 1
-        elif ch in closing and depth:
-            depth -= 1
-    return deepest

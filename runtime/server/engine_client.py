@@ -47,6 +47,16 @@ def engine_unavailable(exc: EngineDeadError) -> HTTPError:
     return HTTPError(503, f"the engine has stopped: {exc}")
 
 
+def refusal(exc: Exception) -> HTTPError:
+    """Why the engine queued none of a call: overloaded (503, retry later), dead (503), or
+    an id in flight through another door, the Python API (400)."""
+    if isinstance(exc, EngineOverloadedError):
+        return HTTPError(503, str(exc), headers={"retry-after": str(RETRY_AFTER_SECONDS)})
+    if isinstance(exc, EngineDeadError):
+        return engine_unavailable(exc)
+    return HTTPError(400, str(exc))
+
+
 class RequestGroup:
     """The requests of one HTTP call, submitted together. Iterate for (index, event) until
     all have finished; `close()` (always called, idempotent) aborts any that have not.
@@ -67,17 +77,9 @@ class RequestGroup:
         put = self.inbox.put_nowait
         try:
             client.engine.submit(specs, stream, lambda event: loop.call_soon_threadsafe(put, event))
-        except EngineOverloadedError as exc:
-            self.pending.clear()
-            raise HTTPError(
-                503, str(exc), headers={"retry-after": str(RETRY_AFTER_SECONDS)}
-            ) from None
-        except EngineDeadError as exc:
-            self.pending.clear()
-            raise engine_unavailable(exc) from None
-        except ValueError as exc:  # an id in flight through another door (the Python API)
-            self.pending.clear()
-            raise HTTPError(400, str(exc)) from None
+        except (EngineOverloadedError, EngineDeadError, ValueError) as exc:
+            self.pending.clear()  # nothing of the call was queued
+            raise refusal(exc) from None
 
     async def __aiter__(self) -> AsyncIterator[tuple[int, Event]]:
         while self.pending:
