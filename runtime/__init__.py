@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .constrained.json_format import JsonFormat
-from .engine import Engine
-from .errors import EngineDeadError, EngineOverloadedError
-from .outputs import GenerateOutput, StreamChunk
-from .request import FinishReason
-from .request_limits import RequestLimits
-from .sampling_params import SamplingParams
+from .engine.engine import Engine
+from .engine.errors import EngineDeadError, EngineOverloadedError
+from .engine.outputs import GenerateOutput, StreamChunk
+from .engine.request_limits import RequestLimits
+from .sampling.sampling_params import SamplingParams
+from .scheduler.request import FinishReason
 
 __all__ = [
     "Engine",

@@ -8,7 +8,7 @@ from urllib.parse import urldefrag, urljoin
 
 import orjson
 
-from ..checks import nesting_depth, shown
+from ..utils.checks import nesting_depth, shown
 
 KINDS = ("regex", "json_schema", "ebnf", "choices")
 # Deeper schemas are refused whatever the engine's limits: past this, walking them with the

@@ -10,8 +10,8 @@ import re
 
 import orjson
 
-from ..checks import nesting_depth
-from ..request_limits import RequestLimits
+from ..engine.request_limits import RequestLimits
+from ..utils.checks import nesting_depth
 from .constraint import Constraint
 
 # A Lark rule or terminal definition: `name: ...`, `?name: ...`, `NAME.2: ...` at a line start.

@@ -23,7 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from ..threads import large_stacks
+from ..utils.threads import large_stacks
+from .config import ConstraintConfig
 from .constraint import Constraint
 from .json_format import JsonFormat
 from .matcher import CompiledGrammar, GrammarBackend
@@ -31,8 +32,7 @@ from .matcher import CompiledGrammar, GrammarBackend
 ENTRY_BYTES = 256 << 10
 BYTES_PER_CHAR = 32
 
-BACKENDS = ("auto", "llguidance", "outlines", "xgrammar")
-# The backend `auto` picks per constraint kind, from `python -m loomlm.runtime.bench
+# The backend `auto` picks per constraint kind, from `python -m loomlm.bench
 # constrained` (see README): llguidance compiles every kind in about a millisecond and keeps
 # per-token masks in the tens of microseconds; outlines-core masks regexes faster once built
 # but takes 50-200 ms to build a small regex and seconds for a JSON schema.
@@ -46,23 +46,17 @@ class GrammarCompiler:
         tokenizer: Any,
         vocab_size: int,
         eos_ids: list[int],
-        backend: str = "auto",
-        json_format: JsonFormat | None = None,
-        timeout_s: float = 10.0,
+        config: ConstraintConfig | None = None,
         max_cached: int = 1024,
-        max_cached_bytes: int = 256 << 20,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"grammar_backend: {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if timeout_s <= 0:
-            raise ValueError(f"grammar_compile_timeout: must be > 0, got {timeout_s}")
-        self.backend_name = backend
-        self.timeout_s = timeout_s
-        self._args = (tokenizer, vocab_size, list(eos_ids), json_format or JsonFormat())
+        config = config or ConstraintConfig()
+        self.backend_name = config.grammar_backend
+        self.timeout_s = config.grammar_compile_timeout
+        self._args = (tokenizer, vocab_size, list(eos_ids), config.json_format or JsonFormat())
         self._backends: dict[str, GrammarBackend] = {}
         self._cache: OrderedDict[tuple[str, Constraint], Future] = OrderedDict()
         self._max_cached = max_cached
-        self._max_cached_bytes = max_cached_bytes
+        self._max_cached_bytes = config.grammar_cache_bytes
         self.cached_bytes = 0  # the cache's charge (see the module's docstring)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loomlm-grammar")

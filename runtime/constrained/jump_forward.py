@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .matcher import GrammarBackend, Matcher
+from .matcher import Matcher
 
 
 class Jump(NamedTuple):
@@ -20,9 +20,7 @@ class Jump(NamedTuple):
     tokens: list[int]  # appended after it (already consumed by the matcher)
 
 
-def jump_forward(
-    matcher: Matcher, backend: GrammarBackend, last_token: int, max_tokens: int
-) -> Jump | None:
+def jump_forward(matcher: Matcher, last_token: int, max_tokens: int) -> Jump | None:
     """Advance `matcher` over the forced continuation after `last_token` (just consumed) and
     return what to write; None when nothing is forced. At most `max_tokens` are appended."""
     if max_tokens <= 0:
@@ -30,7 +28,7 @@ def jump_forward(
     forced = matcher.forced_tokens()
     if not forced:
         return None
-    jump = _retokenized(matcher, backend, last_token, forced, max_tokens)
+    jump = _retokenized(matcher, last_token, forced, max_tokens)
     if jump is not None:
         return jump
     forced = forced[:max_tokens]
@@ -41,15 +39,13 @@ def jump_forward(
     return Jump(None, forced)
 
 
-def _retokenized(
-    matcher: Matcher, backend: GrammarBackend, last: int, forced: list[int], max_tokens: int
-) -> Jump | None:
-    last_bytes = backend.token_bytes([last])
-    forced_bytes = backend.token_bytes(forced)
+def _retokenized(matcher: Matcher, last: int, forced: list[int], max_tokens: int) -> Jump | None:
+    last_bytes = matcher.token_bytes([last])
+    forced_bytes = matcher.token_bytes(forced)
     if not last_bytes or forced_bytes is None:
         return None
-    canon = backend.tokenize_bytes(last_bytes + forced_bytes)
-    if not canon or backend.token_bytes(canon) != last_bytes + forced_bytes:
+    canon = matcher.tokenize_bytes(last_bytes + forced_bytes)
+    if not canon or matcher.token_bytes(canon) != last_bytes + forced_bytes:
         return None
     if canon[0] == last:
         if canon[1:] == forced:

@@ -23,10 +23,11 @@ from .schema_check import SchemaCheck, relaxations
 
 
 class LLGuidanceMatcher(Matcher):
-    __slots__ = ("_m",)
+    __slots__ = ("_m", "_tokenizer")
 
-    def __init__(self, m: llguidance.LLMatcher) -> None:
+    def __init__(self, m: llguidance.LLMatcher, tokenizer: llguidance.LLTokenizer) -> None:
         self._m = m
+        self._tokenizer = tokenizer
 
     def consume(self, token: int) -> bool:
         return self._m.consume_token(token)
@@ -42,7 +43,7 @@ class LLGuidanceMatcher(Matcher):
             raise RuntimeError(f"llguidance: cannot roll back {num_tokens} tokens")
 
     def fork(self) -> LLGuidanceMatcher:
-        return LLGuidanceMatcher(self._m.deep_copy())
+        return LLGuidanceMatcher(self._m.deep_copy(), self._tokenizer)
 
     def forced_tokens(self) -> list[int]:
         return self._m.compute_ff_tokens()
@@ -58,6 +59,12 @@ class LLGuidanceMatcher(Matcher):
     def is_accepting(self) -> bool:
         return self._m.is_accepting()
 
+    def tokenize_bytes(self, data: bytes) -> list[int] | None:
+        return self._tokenizer.tokenize_bytes(data)
+
+    def token_bytes(self, tokens: list[int]) -> bytes | None:
+        return self._tokenizer.decode_bytes(tokens)
+
 
 class LLGuidanceGrammar(CompiledGrammar):
     def __init__(
@@ -72,7 +79,7 @@ class LLGuidanceGrammar(CompiledGrammar):
         self.exact = check is None
 
     def matcher(self) -> Matcher:
-        inner = LLGuidanceMatcher(self._prototype.deep_copy())
+        inner = LLGuidanceMatcher(self._prototype.deep_copy(), self._backend.tokenizer)
         if self._check is None:
             return inner
         return self._check.wrap(inner, self._backend.tokenizer.decode_bytes, self._backend.eos_ids)

@@ -59,6 +59,14 @@ class Matcher(ABC):
     def error(self) -> str | None:
         """Why the matcher can go no further (a rejected token, a dead end), or None."""
 
+    # Re-tokenizing at jump-forward boundaries (jump_forward.py); None where unsupported.
+    def tokenize_bytes(self, data: bytes) -> list[int] | None:
+        """Canonical tokens of `data` as it would appear mid-text."""
+        return None
+
+    def token_bytes(self, tokens: list[int]) -> bytes | None:
+        return None
+
 
 class CompiledGrammar(ABC):
     """A constraint compiled against one tokenizer; cheap to instantiate matchers from."""
@@ -79,11 +87,3 @@ class GrammarBackend(ABC):
 
     @abstractmethod
     def compile(self, constraint: Constraint) -> CompiledGrammar: ...
-
-    def tokenize_bytes(self, data: bytes) -> list[int] | None:
-        """Canonical tokens of `data` as it would appear mid-text, or None if unsupported
-        (used to re-tokenize at jump-forward boundaries)."""
-        return None
-
-    def token_bytes(self, tokens: list[int]) -> bytes | None:
-        return None

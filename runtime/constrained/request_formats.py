@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import shown
+from ..utils.checks import shown
 
 
 def response_format_params(response_format: Any) -> dict[str, Any]:

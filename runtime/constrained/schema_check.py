@@ -27,7 +27,7 @@ import referencing
 import regex
 import torch
 
-from ..checks import shown
+from ..utils.checks import shown
 from .matcher import Matcher
 
 # Seconds one check of a finished document may take, all its regex matches together.
@@ -275,6 +275,12 @@ class SchemaCheckedMatcher(Matcher):
 
     def forced_tokens(self) -> list[int]:
         return self._inner.forced_tokens()
+
+    def tokenize_bytes(self, data: bytes) -> list[int] | None:
+        return self._inner.tokenize_bytes(data)
+
+    def token_bytes(self, tokens: list[int]) -> bytes | None:
+        return self._inner.token_bytes(tokens)
 
     def is_accepting(self) -> bool:
         return self._inner.is_accepting() and self._violation() is None

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..engine import Engine
+from ..engine.engine import Engine
 from .args import ServerArgs
 from .context import ServerContext, handler
 from .http_io import HTTPError, dumps, error_response

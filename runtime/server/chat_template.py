@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from ..checks import shown
+from ..utils.checks import shown
 from .http_io import HTTPError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..engine import Engine
+from ..engine.engine import Engine
 from .args import ServerArgs
 from .chat_template import load_template
 from .engine_client import EngineClient
@@ -42,7 +42,9 @@ class ServerContext:
 
     @property
     def model_name(self) -> str:
-        return self.args.served_model_name or self.args.model or self.engine.model_dir.name
+        return self.args.served_model_name or str(
+            self.engine.config.model or self.engine.model_dir.name
+        )
 
     @property
     def tokenizer(self) -> Any:

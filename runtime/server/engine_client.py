@@ -11,11 +11,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..engine import Engine
-from ..engine_inputs import RequestSpec
-from ..engine_loop import Event
-from ..errors import EngineDeadError, EngineOverloadedError
-from ..outputs import GenerateOutput
+from ..engine.engine import Engine
+from ..engine.errors import EngineDeadError, EngineOverloadedError
+from ..engine.inputs import RequestSpec
+from ..engine.loop import Event
+from ..engine.outputs import GenerateOutput
 from .http_io import EventStream, HTTPError, unless_disconnected
 
 logger = logging.getLogger("loomlm.server")

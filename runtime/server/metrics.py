@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..engine import Engine
-from ..outputs import GenerateOutput
+from ..engine.engine import Engine
+from ..engine.outputs import GenerateOutput
 
 PREFIX = "loomlm:"
 # Bucket bounds in seconds: from a fast GPU's few milliseconds to a loaded CPU's seconds.

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..checks import shown
-from ..engine_inputs import RequestSpec
-from ..outputs import GenerateOutput, StreamChunk
+from ..engine.inputs import RequestSpec
+from ..engine.outputs import GenerateOutput, StreamChunk
+from ..utils.checks import shown
 from .context import ServerContext, handler
 from .engine_client import INLINE_IDS, INLINE_TEXT_CHARS, RequestGroup, off_loop
 from .http_io import HTTPError, json_response
@@ -170,10 +170,10 @@ class NativeAPI:
                 "chat_template": template if isinstance(template, str) else None,
                 "bos_token": getattr(tok, "bos_token", None),
                 "eos_token": getattr(tok, "eos_token", None),
-                "model_path": self.ctx.args.model or str(engine.model_dir),
-                "tokenizer_path": self.ctx.args.tokenizer
-                or self.ctx.args.model
-                or str(engine.model_dir),
+                "model_path": str(engine.config.model or engine.model_dir),
+                "tokenizer_path": str(
+                    engine.config.tokenizer or engine.config.model or engine.model_dir
+                ),
                 "served_model_name": self.ctx.model_name,
                 "is_generation": True,
                 "max_context_length": engine.max_context,
@@ -185,7 +185,7 @@ class NativeAPI:
         from importlib.metadata import version
 
         stats = await self.ctx.client.call(self.ctx.engine.stats)
-        info = self.ctx.args.public()
+        info = self.ctx.args.public(self.ctx.engine.config)
         info.update(
             version=version("loomlm"),
             startup_time=self.ctx.started,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..checks import shown
+from ..utils.checks import shown
 from .http_io import HTTPError
 
 # Modalities this server does not take; SGLang clients send them only when a program has one.

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..engine_inputs import RequestSpec
-from ..outputs import GenerateOutput, StreamChunk
+from ..engine.inputs import RequestSpec
+from ..engine.outputs import GenerateOutput, StreamChunk
 from .chat_template import chat_prompt_ids, check_messages, check_template_kwargs
 from .context import ServerContext, handler
 from .engine_client import INLINE_TEXT_CHARS, RequestGroup, off_loop
@@ -87,7 +87,7 @@ class OpenAIAPI:
             "object": "model",
             "created": int(self.ctx.started),
             "owned_by": "loomlm",
-            "root": self.ctx.args.model or str(self.ctx.engine.model_dir),
+            "root": str(self.ctx.engine.config.model or self.ctx.engine.model_dir),
             "max_model_len": self.ctx.engine.max_context,
         }
         return json_response({"object": "list", "data": [model]})

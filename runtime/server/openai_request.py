@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..checks import shown
 from ..constrained.request_formats import response_format_params
+from ..utils.checks import shown
 from .http_io import HTTPError
 
 # OpenAI name -> sampling_params name, for fields that map one to one.

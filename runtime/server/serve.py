@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 import uvicorn
 
-from ..engine import Engine
+from ..engine.engine import Engine
 from .app import create_app
 from .args import ServerArgs
 from .http_protocol import protocol_with_header_timeout
@@ -101,7 +101,7 @@ def run_server(engine: Engine, args: ServerArgs) -> int:
     """Serve `engine` until SIGINT/SIGTERM (0) or until the engine thread dies (1)."""
     server = uvicorn_server(engine, args)
     where = f"http://{args.host}:{args.port}"
-    logger.info("serving %s on %s", args.model or "the built-in model", where)
+    logger.info("serving %s on %s", args.engine.model or "the built-in model", where)
     server.run()
     return 1 if server.engine_died else 0
 
@@ -127,7 +127,7 @@ def settle_process(engine: Engine, cpu_threads: int | None) -> None:
 def serve(args: ServerArgs) -> None:
     """Load the engine, serve, then stop everything; exits 1 if the engine died."""
     configure_logging(args.log_level)
-    engine = Engine(**args.engine_kwargs())
+    engine = Engine.from_config(args.engine)
     settle_process(engine, args.cpu_threads)
     logger.info("model threads: %d", torch.get_num_threads())
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loomlm.runtime.models.loader import DEFAULT_MODEL_DIR
+from loomlm.runtime.executor.models.loader import DEFAULT_MODEL_DIR
 
 COMMON: dict[str, Any] = dict(
     vocab_size=512,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from loomlm.runtime.attention.torch_backend import TorchAttention
-from loomlm.runtime.forward_context import ForwardBatch, forward_scope
-from loomlm.runtime.kv_pool import KVPool
+from loomlm.runtime.executor.attention.torch_backend import TorchAttention
+from loomlm.runtime.executor.forward_context import ForwardBatch, forward_scope
+from loomlm.runtime.kvcache.kv_pool import KVPool
 
 
 def our_prompt_logits(engine: Any, ids: list[int]) -> torch.Tensor:

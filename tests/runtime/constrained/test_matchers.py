@@ -11,11 +11,12 @@ from loomlm.runtime.constrained.bitmask import (
     apply_token_bitmask_,
     apply_token_bitmask_reference,
 )
+from loomlm.runtime.constrained.config import ConstraintConfig
 from loomlm.runtime.constrained.constraint import Constraint, check_constraint_fields
 from loomlm.runtime.constrained.grammar_compiler import GrammarCompiler
 from loomlm.runtime.constrained.json_format import JsonFormat, is_bounded
 from loomlm.runtime.constrained.jump_forward import jump_forward
-from loomlm.runtime.tokenizer import load_tokenizer
+from loomlm.runtime.engine.tokenizer import load_tokenizer
 
 from ..checkpoints import default_model_dir
 
@@ -33,7 +34,10 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def compilers(tokenizer):
-    made = {name: GrammarCompiler(tokenizer, VOCAB, [EOS], name) for name in BACKENDS}
+    made = {
+        name: GrammarCompiler(tokenizer, VOCAB, [EOS], ConstraintConfig(grammar_backend=name))
+        for name in BACKENDS
+    }
     yield made
     for c in made.values():
         c.shutdown()
@@ -163,7 +167,9 @@ def test_json_layout_follows_the_format(tokenizer):
         None,
     )
     for fmt, text in ((JsonFormat(), '{"a": 7}'), (JsonFormat(",", ":"), '{"a":7}')):
-        c = GrammarCompiler(tokenizer, VOCAB, [EOS], "llguidance", fmt)
+        c = GrammarCompiler(
+            tokenizer, VOCAB, [EOS], ConstraintConfig("llguidance", json_format=fmt)
+        )
         m = c.compile(schema).matcher()
         assert m.validate(text_ids(tokenizer, text)) == len(text_ids(tokenizer, text))
         c.shutdown()
@@ -190,7 +196,10 @@ def test_strict_properties_generates_only_listed_properties(tokenizer):
     doc = '{"a": 1, "b": 2}'
     for strict, accepted in ((True, False), (False, True)):
         c = GrammarCompiler(
-            tokenizer, VOCAB, [EOS], "llguidance", JsonFormat(strict_properties=strict)
+            tokenizer,
+            VOCAB,
+            [EOS],
+            ConstraintConfig("llguidance", json_format=JsonFormat(strict_properties=strict)),
         )
         m = c.compile(schema).matcher()
         ids = text_ids(tokenizer, doc)
@@ -204,21 +213,23 @@ def test_jump_forward_appends_canonical_forced_tokens(compilers, tokenizer):
     m = grammar.matcher()
     sampled = backend.tokenize_bytes(b"a")[0]
     assert m.consume(sampled)
-    jump = jump_forward(m, backend, sampled, max_tokens=10)
+    jump = jump_forward(m, sampled, max_tokens=10)
     assert jump is not None
     written = ([jump.replace_last] if jump.replace_last is not None else [sampled]) + jump.tokens
     assert tokenizer.decode(written) == 'a": "'
     assert written == backend.tokenize_bytes(b'a": "'), "the boundary is re-tokenized"
     assert not m.forced_tokens() and allowed(m) - {EOS}, "next comes a free digit"
-    assert jump_forward(m, backend, written[-1], max_tokens=10) is None
+    assert jump_forward(m, written[-1], max_tokens=10) is None
 
 
 def test_compile_cache_and_time_limit(tokenizer):
-    c = GrammarCompiler(tokenizer, VOCAB, [EOS], "llguidance")
+    c = GrammarCompiler(tokenizer, VOCAB, [EOS], ConstraintConfig("llguidance"))
     one = c.compile(Constraint("regex", "[a-z]+"))
     assert c.compile(Constraint("regex", "[a-z]+")) is one
     c.shutdown()
-    slow = GrammarCompiler(tokenizer, VOCAB, [EOS], "outlines", timeout_s=0.001)
+    slow = GrammarCompiler(
+        tokenizer, VOCAB, [EOS], ConstraintConfig("outlines", grammar_compile_timeout=0.001)
+    )
     with pytest.raises(ValueError, match=r"json_schema: compiling took longer than 0.001 s"):
         slow.compile(
             check_constraint_fields(

@@ -178,13 +178,16 @@ def test_an_outlines_compile_that_would_exhaust_memory_fails_alone():
     """outlines-core's schema-to-regex translation multiplies with nesting: 4 levels of
     objects with 20 properties each would take the server's memory. Its compiles run in a
     child process with a memory cap, so the constraint fails alone."""
+    from loomlm.runtime.constrained.config import ConstraintConfig
     from loomlm.runtime.constrained.constraint import Constraint
     from loomlm.runtime.constrained.grammar_compiler import GrammarCompiler
-    from loomlm.runtime.tokenizer import load_tokenizer
+    from loomlm.runtime.engine.tokenizer import load_tokenizer
 
     from ..checkpoints import default_model_dir
 
-    compiler = GrammarCompiler(load_tokenizer(default_model_dir()), 512, [2], "outlines", 60)
+    compiler = GrammarCompiler(
+        load_tokenizer(default_model_dir()), 512, [2], ConstraintConfig("outlines")
+    )
     try:
         schema: dict = {"type": "integer"}
         for _ in range(4):

@@ -1,0 +1,221 @@
+"""ModelRunner: one forward pass of a scheduled batch, from token ids to sampled tokens."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from ..constrained.bitmask import allocate_bitmask
+from ..kvcache.kv_pool import KVPool
+from ..scheduler.request import Request
+from .attention.base import AttentionBackend
+from .forward_context import ForwardBatch, forward_scope
+from .models.llama import LlamaForCausalLM
+from .sampler import Sampler, SamplingRow, TokenMasks
+
+
+class ScheduledItem(NamedTuple):
+    """Request `req` computes fill positions [start, end) this step; `sample` if it then
+    picks its next token from the last of them."""
+
+    req: Request
+    start: int
+    end: int
+    sample: bool
+
+
+class ItemResult(NamedTuple):
+    next_id: int | None
+    logprob: float | None
+    top: list[tuple[float, int]] | None
+    # prompt entries completed this step: (logprob, token id) and optional top-k rows
+    prompt_logprobs: list[tuple[float, int]]
+    prompt_top: list[list[tuple[float, int]]]
+
+
+class StepOutputs(NamedTuple):
+    """What one forward step computed, as tensors on the device (or as lists once on the
+    host): the sampled tokens and the logprobs asked for. None: nothing of that kind."""
+
+    next_ids: Any = None  # [samplers]
+    logprobs: Any = None  # [samplers]
+    top_logprobs: Any = None  # [samplers, k]
+    top_ids: Any = None  # [samplers, k]
+    prompt_logprobs: Any = None  # [prompt rows]
+    prompt_top_logprobs: Any = None  # [prompt rows, k]
+    prompt_top_ids: Any = None  # [prompt rows, k]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: KVPool,
+        attention: AttentionBackend,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_pool = kv_pool
+        self.attention = attention
+        self.device = device
+        self.sampler = Sampler()
+        self.vocab_size = model.config.vocab_size
+
+    @torch.inference_mode()
+    def forward(self, items: list[ScheduledItem]) -> list[ItemResult]:
+        batch = self._build_batch(items)
+        self.attention.prepare(batch)
+        with forward_scope(batch):
+            hidden = self.model(batch.input_ids, batch.positions)  # [T, hidden]
+        # On a GPU the forward above is still running: the masks are filled meanwhile.
+        masks = self._constraint_masks([i.req for i in items if i.sample])
+
+        # Which hidden rows need logits: prompt-logprob rows first, then one row per sampler.
+        prompt_rows: list[int] = []
+        prompt_targets: list[int] = []
+        prompt_spans: list[tuple[int, int]] = []
+        sample_rows: list[int] = []
+        sampling: list[SamplingRow] = []
+        offset = 0
+        for item in items:
+            first = len(prompt_rows)
+            for pos, target in _prompt_logprob_positions(item):
+                prompt_rows.append(offset + pos - item.start)
+                prompt_targets.append(target)
+            prompt_spans.append((first, len(prompt_rows)))
+            if item.sample:
+                sample_rows.append(offset + item.end - item.start - 1)
+                sampling.append(_sampling_row(item.req))
+            offset += item.end - item.start
+
+        wanted = torch.tensor(prompt_rows + sample_rows, dtype=torch.int64, device=self.device)
+        logits = self.model.logits(hidden[wanted]) if wanted.numel() else hidden.new_empty((0, 0))
+        prompt_logits, sample_logits = logits[: len(prompt_rows)], logits[len(prompt_rows) :]
+
+        top_k = max((i.req.logprob.top_k for i in items if i.req.logprob.enabled), default=0)
+        step = StepOutputs()
+        if prompt_rows:
+            lp = torch.log_softmax(prompt_logits, dim=-1)
+            targets = torch.tensor(prompt_targets, device=self.device)
+            step = step._replace(prompt_logprobs=lp.gather(1, targets[:, None]).squeeze(1))
+            if top_k:
+                top_lp, top_ids = lp.topk(top_k, dim=-1)
+                step = step._replace(prompt_top_logprobs=top_lp, prompt_top_ids=top_ids)
+        if sampling:
+            want_lp = any(r.req.logprob.enabled for r in items if r.sample)
+            out = self.sampler(sample_logits, sampling, want_lp, top_k, masks)
+            step = step._replace(
+                next_ids=out.next_ids,
+                logprobs=out.logprobs,
+                top_logprobs=out.top_logprobs,
+                top_ids=out.top_ids,
+            )
+        return self._results(items, _to_host(step), prompt_spans, prompt_targets)
+
+    def _constraint_masks(self, samplers: list[Request]) -> TokenMasks | None:
+        """One packed bitmask row per constrained request, for the sampler to apply at once."""
+        rows = [i for i, r in enumerate(samplers) if r.matcher is not None]
+        if not rows:
+            return None
+        bitmask = allocate_bitmask(len(rows), self.vocab_size)
+        for k, i in enumerate(rows):
+            matcher = samplers[i].matcher
+            assert matcher is not None
+            matcher.fill_bitmask(bitmask, k)
+        return TokenMasks(torch.tensor(rows, dtype=torch.int64), bitmask)
+
+    def _build_batch(self, items: list[ScheduledItem]) -> ForwardBatch:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        table = self.kv_pool.slot_table
+        rows, prefix_lens, extend_lens, seq_lens = [], [], [], []
+        out_slots = []
+        for item in items:
+            input_ids.extend(item.req.fill_slice(item.start, item.end))
+            positions.extend(range(item.start, item.end))
+            rows.append(item.req.table_row)
+            prefix_lens.append(item.start)
+            extend_lens.append(item.end - item.start)
+            seq_lens.append(item.end)
+            out_slots.append(table[item.req.table_row, item.start : item.end])
+        device = self.device
+        return ForwardBatch(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            out_slots=torch.cat(out_slots).to(device),
+            table_rows=rows,
+            prefix_lens=prefix_lens,
+            extend_lens=extend_lens,
+            seq_lens=seq_lens,
+            slot_table=table,
+            kv_pool=self.kv_pool,
+            attention=self.attention,
+        )
+
+    @staticmethod
+    def _results(
+        items: list[ScheduledItem],
+        host: StepOutputs,
+        prompt_spans: list[tuple[int, int]],
+        prompt_targets: list[int],
+    ) -> list[ItemResult]:
+        results = []
+        sample_idx = 0
+        for item, (first, last) in zip(items, prompt_spans):
+            prompt_lp = [(host.prompt_logprobs[j], prompt_targets[j]) for j in range(first, last)]
+            prompt_top = []
+            k = item.req.logprob.top_k
+            if host.prompt_top_logprobs is not None and k:
+                prompt_top = [
+                    list(zip(host.prompt_top_logprobs[j][:k], host.prompt_top_ids[j][:k]))
+                    for j in range(first, last)
+                ]
+            next_id = lp = top = None
+            if item.sample:
+                next_id = host.next_ids[sample_idx]
+                if host.logprobs is not None:
+                    lp = host.logprobs[sample_idx]
+                if host.top_logprobs is not None and k:
+                    top = list(zip(host.top_logprobs[sample_idx][:k], host.top_ids[sample_idx][:k]))
+                sample_idx += 1
+            results.append(ItemResult(next_id, lp, top, prompt_lp, prompt_top))
+        return results
+
+
+def _prompt_logprob_positions(item: ScheduledItem) -> list[tuple[int, int]]:
+    """(position whose logits score the next prompt token, that token) for this extend.
+
+    Entry k of a request's input logprobs scores prompt token start_len + k from the logits
+    at position start_len + k - 1 (entry 0 has none). Only entries not yet filled count, so
+    a request recomputed after preemption does not score its prompt twice.
+    """
+    req = item.req
+    if not req.wants_prompt_logprobs:
+        return []
+    prompt = req.prompt_ids
+    begin = req.logprob.start_len
+    next_entry = max(len(req.input_logprobs), 1)
+    first_pos = max(item.start, begin + next_entry - 1)
+    last_pos = min(item.end, len(prompt) - 1)  # the last prompt token scores nothing in it
+    return [(pos, prompt[pos + 1]) for pos in range(first_pos, last_pos)]
+
+
+def _sampling_row(req: Request) -> SamplingRow:
+    params = req.params
+    suppressed: frozenset[int] = frozenset()
+    if len(req.output_ids) < params.min_new_tokens:
+        suppressed = params.stop_id_set | (frozenset() if params.ignore_eos else req.eos_ids)
+    return SamplingRow(params, req.seed, req.prompt_ids, req.output_ids, suppressed)
+
+
+def _to_host(step: StepOutputs) -> StepOutputs:
+    """Bring every result to the host, as lists, with one synchronisation for the step."""
+    present = [t for t in step if t is not None]
+    if not present:
+        return step
+    device = present[0].device
+    if device.type == "cuda":
+        step = StepOutputs(*(None if t is None else t.to("cpu", non_blocking=True) for t in step))
+        torch.cuda.current_stream(device).synchronize()
+    return StepOutputs(*(None if t is None else t.tolist() for t in step))

@@ -1,0 +1,170 @@
+"""Sampler: next tokens for a whole batch in a handful of tensor operations.
+
+Randomness is counter-based: the uniform number that picks request r's k-th token is a hash
+of (r's seed, k). A seeded request therefore draws the same numbers whatever else shares its
+batch, and a request that is preempted and recomputed resumes the same random stream.
+Sampling uses the inverse CDF, so one uniform per request per step is all it needs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..constrained.bitmask import apply_token_bitmask_
+from ..sampling.sampling_params import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+def uniform_from(seed: int, counter: int) -> float:
+    """A uniform in [0, 1) from (seed, counter): splitmix64 over the pair."""
+    z = (seed * 0x9E3779B97F4A7C15 + counter * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return (z >> 11) / float(1 << 53)
+
+
+class SamplingRow(NamedTuple):
+    """What the sampler needs of one request this step."""
+
+    params: SamplingParams
+    seed: int
+    prompt_ids: list[int]
+    output_ids: list[int]
+    suppressed_ids: frozenset[int]  # EOS and stop ids while min_new_tokens is not reached
+
+
+class TokenMasks(NamedTuple):
+    """Constraint masks of some of the batch's rows."""
+
+    rows: torch.Tensor  # [R] int64: which rows of the sampler's batch
+    bitmask: torch.Tensor  # [R, words] int32, packed (constrained.bitmask)
+
+
+class SamplerOutput(NamedTuple):
+    next_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor | None  # [B] float32: raw logprob of each chosen token
+    top_logprobs: torch.Tensor | None  # [B, K] float32
+    top_ids: torch.Tensor | None  # [B, K] int64
+
+
+class Sampler:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        want_logprobs: bool,
+        top_k_logprobs: int,
+        masks: TokenMasks | None = None,
+    ) -> SamplerOutput:
+        # logits: [B, V] float32
+        raw_input = logits
+        logprobs = top_lp = top_ids = None
+        if want_logprobs:
+            # Logprobs are the model's own distribution, before temperature and penalties
+            # (what RL trainers compare with their own forward pass).
+            raw = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_penalties(logits, rows)
+        logits = self._suppress(logits, rows)
+        if masks is not None:
+            if logits.data_ptr() == raw_input.data_ptr():
+                logits = logits.clone()  # the caller's logits are not ours to change
+            apply_token_bitmask_(logits, masks.bitmask, masks.rows.to(logits.device))
+        greedy = [r.params.is_greedy for r in rows]
+        if all(greedy):
+            next_ids = logits.argmax(dim=-1)
+        else:
+            next_ids = self._sample(logits, rows)
+            if any(greedy):
+                mask = torch.tensor(greedy, device=logits.device)
+                next_ids = torch.where(mask, logits.argmax(dim=-1), next_ids)
+        if want_logprobs:
+            logprobs = raw.gather(1, next_ids[:, None]).squeeze(1)
+            if top_k_logprobs > 0:
+                top_lp, top_ids = raw.topk(top_k_logprobs, dim=-1)
+        return SamplerOutput(next_ids, logprobs, top_lp, top_ids)
+
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        if not any(r.params.has_penalties for r in rows):
+            return logits
+        device, (batch, vocab) = logits.device, logits.shape
+        out_counts = _counts([r.output_ids for r in rows], batch, vocab, device)
+        freq = torch.tensor([r.params.frequency_penalty for r in rows], device=device)
+        pres = torch.tensor([r.params.presence_penalty for r in rows], device=device)
+        rep_values = [r.params.repetition_penalty for r in rows]
+        logits = logits - freq[:, None] * out_counts - pres[:, None] * (out_counts > 0)
+        if any(v != 1.0 for v in rep_values):  # decided on the host: no device sync
+            rep = torch.tensor(rep_values, device=device)
+            # Repetition penalty (as in transformers and vLLM) covers prompt and output tokens.
+            seen = _counts([r.prompt_ids + r.output_ids for r in rows], batch, vocab, device) > 0
+            penalised = torch.where(logits > 0, logits / rep[:, None], logits * rep[:, None])
+            logits = torch.where(seen, penalised, logits)
+        return logits
+
+    @staticmethod
+    def _suppress(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        pairs = [
+            (i, t) for i, r in enumerate(rows) for t in r.suppressed_ids if t < logits.shape[1]
+        ]
+        if not pairs:
+            return logits
+        logits = logits.clone()
+        row_idx, tok_idx = zip(*pairs)
+        logits[list(row_idx), list(tok_idx)] = float("-inf")
+        return logits
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        device = logits.device
+        temps = torch.tensor([max(r.params.temperature, 1e-6) for r in rows], device=device)
+        probs = torch.softmax(logits / temps[:, None], dim=-1)
+        min_p = [r.params.min_p for r in rows]
+        if any(m > 0 for m in min_p):
+            threshold = torch.tensor(min_p, device=device)[:, None] * probs.amax(-1, keepdim=True)
+            probs = torch.where(probs < threshold, 0.0, probs)
+        uniforms = torch.tensor(
+            [uniform_from(r.seed, len(r.output_ids)) for r in rows],
+            dtype=torch.float32,
+            device=device,
+        )
+        needs_sort = any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows)
+        if not needs_sort:
+            return _inverse_cdf(probs, uniforms)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        vocab = probs.shape[1]
+        top_k = torch.tensor(
+            [r.params.top_k if r.params.top_k > 0 else vocab for r in rows], device=device
+        )
+        top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+        rank = torch.arange(vocab, device=device)[None, :]
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly ahead of each token
+        drop = (rank >= top_k[:, None]) | (
+            before > top_p[:, None] * sorted_probs.sum(-1, keepdim=True)
+        )
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        picked = _inverse_cdf(sorted_probs, uniforms)
+        return order.gather(1, picked[:, None]).squeeze(1)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    cdf = probs.cumsum(dim=-1)
+    targets = uniforms[:, None] * cdf[:, -1:]
+    picked = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return picked.clamp_(max=probs.shape[1] - 1)
+
+
+def _counts(seqs: list[list[int]], batch: int, vocab: int, device: torch.device) -> torch.Tensor:
+    counts = torch.zeros((batch, vocab), dtype=torch.float32, device=device)
+    longest = max((len(s) for s in seqs), default=0)
+    if longest == 0:
+        return counts
+    ids = torch.full((batch, longest), vocab, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+    padded = torch.zeros((batch, vocab + 1), dtype=torch.float32)
+    padded.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float32))
+    return padded[:, :vocab].to(device)

@@ -1,0 +1,83 @@
+"""Where a request's KV lives: its row of the slot table, the cached prefix it reads, and the
+hand-over of what it computed to the prefix cache.
+
+A running request's row lists one slot per token it has computed. The first
+`req.prefix.length` belong to the prefix cache (locked while the request holds them); the
+rest are the request's own until `commit` (after each prompt chunk) or `release` (when it
+finishes, is preempted or aborted) gives them to the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kvcache.kv_pool import KVPool
+from ..kvcache.prefix_cache import PrefixCache, PrefixMatch
+from .request import Request
+
+
+class RequestKV:
+    def __init__(self, pool: KVPool, cache: PrefixCache) -> None:
+        self.pool = pool
+        self.cache = cache
+
+    def reserve(self, n: int) -> bool:
+        """Make n slots free, evicting from the cache if needed; False if it cannot."""
+        short = n - self.pool.num_free()
+        if short > 0:
+            self.cache.evict(short)
+        return self.pool.num_free() >= n
+
+    def attach(self, req: Request, match: PrefixMatch, take: int) -> None:
+        """Give `req` a row holding its (locked) cached prefix and `take` new slots after it.
+        The caller has reserved the slots."""
+        row = self.pool.alloc_row()
+        assert row is not None  # one row per running request, checked by the scheduler
+        start = match.length
+        self.pool.slot_table[row, :start] = match.slots
+        self.pool.slot_table[row, start : start + take] = self.pool.alloc(take)
+        req.table_row, req.num_computed, req.prefix = row, start, match
+
+    def extend(self, req: Request, take: int) -> None:
+        """`take` more slots after the computed ones (the next prompt chunk); reserved."""
+        start = req.num_computed
+        self.pool.slot_table[req.table_row, start : start + take] = self.pool.alloc(take)
+
+    def extend_decodes(self, reqs: list[Request]) -> None:
+        """Slots for each running request's uncomputed tokens: one per step, more after a
+        jump-forward; reserved."""
+        counts = [r.seq_len - r.num_computed for r in reqs]
+        slots = self.pool.alloc(sum(counts))
+        assert slots is not None
+        rows = torch.tensor([r.table_row for r, n in zip(reqs, counts) for _ in range(n)])
+        cols = torch.tensor([r.num_computed + k for r, n in zip(reqs, counts) for k in range(n)])
+        self.pool.slot_table[rows, cols] = slots
+
+    def computed(self, req: Request, end: int) -> None:
+        """The step computed `req`'s KV up to `end` (the slots were given it when scheduled)."""
+        if req.table_row is not None:
+            req.num_computed = end
+
+    def commit(self, req: Request) -> None:
+        """Hand the computed KV to the cache while the request runs on: requests arriving
+        meanwhile already share it."""
+        n = req.num_computed
+        row = self.pool.slot_table[req.table_row]
+        match = self.cache.cache_running(req.fill_slice(0, n), row[:n].clone(), req.prefix)
+        row[: match.length] = match.slots  # the cache's copies replace any duplicates
+        req.prefix = match
+
+    def release(self, req: Request, keep_kv: bool = True) -> None:
+        """Give back the request's row; its KV goes to the cache, or is freed when it may be
+        half written (a failed step)."""
+        if req.table_row is None:
+            return
+        n = req.num_computed
+        slots = self.pool.slot_table[req.table_row, :n].clone()
+        if keep_kv:
+            self.cache.cache_finished(req.fill_slice(0, n), slots, req.prefix)
+        else:
+            self.cache.unlock(req.prefix)
+            self.pool.free(slots[req.prefix.length :])
+        self.pool.free_row(req.table_row)
+        req.table_row, req.num_computed, req.prefix = None, 0, None
