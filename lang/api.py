@@ -47,7 +47,7 @@ def gen(
         return select(name, choices, temperature or 0.0, choices_method or token_length_normalized)
     if sum(x is not None for x in (regex, json_schema)) > 1:
         raise ValueError("gen: give at most one of regex and json_schema")
-    params = ir.SamplingParams(
+    params = ir.GenParams(
         max_new_tokens=max_tokens,
         min_new_tokens=min_tokens,
         n=n,

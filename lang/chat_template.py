@@ -67,7 +67,7 @@ class ChatTemplate:
         try:
             roles["system"] = cut("", turns("system"), "system")
             roles["user"] = cut(turns("system"), turns("system", "user"), "user")
-            first = ("system", "user")
+            first: tuple[str, ...] = ("system", "user")
         except Exception:  # a template without a system role
             roles.pop("system", None)
             roles["user"] = cut(

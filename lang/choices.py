@@ -52,7 +52,12 @@ class TokenLengthNormalized(ChoicesMethod):
 
     name = "token_length_normalized"
 
-    def __call__(self, choices, token_logprobs, unconditional_token_logprobs=None):
+    def __call__(
+        self,
+        choices: list[str],
+        token_logprobs: list[list[list]],
+        unconditional_token_logprobs: list[list[list]] | None = None,
+    ) -> ChoicesDecision:
         scores = [_mean(_values(e)) for e in token_logprobs]
         return ChoicesDecision(
             choices[_argmax(scores)],
@@ -67,7 +72,12 @@ class GreedyTokenSelection(ChoicesMethod):
 
     name = "greedy_token_selection"
 
-    def __call__(self, choices, token_logprobs, unconditional_token_logprobs=None):
+    def __call__(
+        self,
+        choices: list[str],
+        token_logprobs: list[list[list]],
+        unconditional_token_logprobs: list[list[list]] | None = None,
+    ) -> ChoicesDecision:
         rows = [_values(e) for e in token_logprobs]
         width = max(len(r) for r in rows)
         matrix = [r + [_mean(r)] * (width - len(r)) for r in rows]
@@ -95,7 +105,12 @@ class UnconditionalLikelihoodNormalized(ChoicesMethod):
     name = "unconditional_likelihood_normalized"
     requires_unconditional_logprobs = True
 
-    def __call__(self, choices, token_logprobs, unconditional_token_logprobs=None):
+    def __call__(
+        self,
+        choices: list[str],
+        token_logprobs: list[list[list]],
+        unconditional_token_logprobs: list[list[list]] | None = None,
+    ) -> ChoicesDecision:
         if unconditional_token_logprobs is None:
             raise ValueError("unconditional_likelihood_normalized needs unconditional logprobs")
         scores = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from types import FrameType
 from typing import Any
 
 from . import ir
@@ -26,7 +27,7 @@ class Executor:
     def __init__(
         self,
         backend: Backend,
-        defaults: ir.SamplingParams,
+        defaults: ir.GenParams,
         chat_template: ChatTemplate,
         stream: bool = False,
         registry: list[Executor] | None = None,
@@ -195,19 +196,20 @@ class Executor:
 
     def _gen(self, expr: ir.Gen) -> None:
         params = self.defaults.overridden_by(expr.params)
-        sampling, logprob = params.request(self.chat_template.stop_str)
+        request = params.request(self.text, self.chat_template.stop_str)
         if not self.stream:
-            comp, meta = self.backend.generate(self.text, sampling, logprob)
+            comp, meta = self.backend.generate(request)
             self._append(comp[0] if isinstance(comp, list) else comp)
             self._set(expr.name, comp, meta)
             return
         last: dict[str, Any] = {}
         if expr.name is not None:
             self.variables[expr.name] = ""
-        for chunk, meta in self.backend.generate_stream(self.text, sampling, logprob):
+        for chunk, meta in self.backend.generate_stream(request):
             self._append(chunk, expr.name)
             last = meta
-        self._set(expr.name, self.variables.get(expr.name, ""), last)
+        streamed = self.variables.get(expr.name, "") if expr.name is not None else ""
+        self._set(expr.name, streamed, last)
 
     def _role_begin(self, role: str) -> None:
         if self.role is not None:
@@ -239,7 +241,7 @@ def _names(expr: ir.Expr) -> list[str]:
 
 def _caller() -> str:
     """The first frame outside loomlm: the program line that submitted the expression."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     package = __name__.rsplit(".", 1)[0]
     while frame is not None and frame.f_globals.get("__name__", "").startswith(package + "."):
         frame = frame.f_back

@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .runtime.sampling.generate_request import GenerateRequest
+from .runtime.sampling.sampling_params import SamplingParams
+
 # SGLang's frontend regexes for gen(dtype=...). int and float also stop at a space or a
 # newline, so that "42 apples" yields "42".
 DTYPE_REGEX = {
@@ -33,10 +36,19 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
+# The options of a gen that are not sampling parameters: which logprobs come back.
+LOGPROB_OPTIONS = (
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "return_text_in_logprobs",
+)
+
+
 @dataclass(slots=True)
-class SamplingParams:
-    """A gen's sampling parameters. In a gen, None means "the run's default"; `run()` holds
-    the defaults (SGLang's: 128 new tokens, temperature 1.0)."""
+class GenParams:
+    """What a gen asks for. None means "the run's default"; `run()` holds the defaults, which
+    are the runtime's (`SamplingParams.defaults()`: 128 new tokens, temperature 1.0...)."""
 
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
@@ -67,24 +79,13 @@ class SamplingParams:
             self.json_schema = json.dumps(self.json_schema)
 
     @classmethod
-    def run_defaults(cls, **overrides: Any) -> SamplingParams:
-        defaults = cls(
-            max_new_tokens=128,
-            min_new_tokens=0,
-            n=1,
-            stop=(),
-            stop_token_ids=(),
-            temperature=1.0,
-            top_p=1.0,
-            top_k=-1,
-            min_p=0.0,
-            frequency_penalty=0.0,
-            presence_penalty=0.0,
-            ignore_eos=False,
-        )
+    def run_defaults(cls, **overrides: Any) -> GenParams:
+        """The runtime's defaults for every sampling parameter a gen has, then `overrides`."""
+        table = SamplingParams.defaults()
+        defaults = cls(**{k: table[k] for k in SAMPLING_ARGS if k in table})
         return defaults.overridden_by(cls(**overrides))
 
-    def overridden_by(self, other: SamplingParams) -> SamplingParams:
+    def overridden_by(self, other: GenParams) -> GenParams:
         """A copy with every field `other` sets (not None) taken from `other`."""
         merged = dataclasses.replace(self)
         for f in dataclasses.fields(self):
@@ -93,8 +94,8 @@ class SamplingParams:
                 setattr(merged, f.name, value)
         return merged
 
-    def request(self, extra_stop: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(sampling_params, logprob options) as the runtime's /generate takes them.
+    def request(self, text: str, extra_stop: tuple[str, ...] = ()) -> GenerateRequest:
+        """The runtime's request to continue `text` (its parameters checked here).
 
         `dtype` becomes a regex (overriding any given one, as in SGLang); `extra_stop` (the
         chat template's end-of-turn strings) is added to `stop`.
@@ -106,35 +107,27 @@ class SamplingParams:
             regex = DTYPE_REGEX[name]
             stop += [s for s in _DTYPE_STOPS.get(name, ()) if s not in stop]
         stop += [s for s in extra_stop if s not in stop]
-        params: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "min_new_tokens": self.min_new_tokens,
-            "n": self.n,
-            "stop": stop,
-            "stop_token_ids": list(self.stop_token_ids or ()),
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-            "ignore_eos": self.ignore_eos,
-        }
-        if regex is not None:
-            params["regex"] = regex
-        if self.json_schema is not None:
-            params["json_schema"] = self.json_schema
-        logprob = {
+        given = {
             k: getattr(self, k)
-            for k in (
-                "return_logprob",
-                "logprob_start_len",
-                "top_logprobs_num",
-                "return_text_in_logprobs",
-            )
-            if getattr(self, k) is not None
+            for k in SAMPLING_ARGS
+            if k not in LOGPROB_OPTIONS and getattr(self, k) is not None
         }
-        return params, logprob
+        given.update(stop=stop, regex=regex, json_schema=self.json_schema)
+        given["stop_token_ids"] = list(self.stop_token_ids or ())
+        return GenerateRequest(
+            text=text,
+            sampling_params=SamplingParams(**given),
+            return_logprob=bool(self.return_logprob),
+            logprob_start_len=self.logprob_start_len,
+            top_logprobs_num=self.top_logprobs_num,
+            return_text_in_logprobs=bool(self.return_text_in_logprobs),
+        )
+
+
+# What `run()` and `run_batch()` take as the defaults of every gen.
+SAMPLING_ARGS = tuple(
+    f.name for f in dataclasses.fields(GenParams) if f.name not in ("dtype", "regex", "json_schema")
+)
 
 
 class Expr:
@@ -174,7 +167,7 @@ class Text(Expr):
 @dataclass(eq=False)
 class Gen(Expr):
     name: str | None
-    params: SamplingParams = field(default_factory=SamplingParams)
+    params: GenParams = field(default_factory=GenParams)
 
 
 @dataclass(eq=False)

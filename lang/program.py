@@ -23,25 +23,6 @@ logger = logging.getLogger(__name__)
 # threshold, in characters).
 PRECACHE_MIN_CHARS = 64
 
-_SAMPLING_ARGS = (
-    "max_new_tokens",
-    "min_new_tokens",
-    "n",
-    "stop",
-    "stop_token_ids",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "frequency_penalty",
-    "presence_penalty",
-    "ignore_eos",
-    "return_logprob",
-    "logprob_start_len",
-    "top_logprobs_num",
-    "return_text_in_logprobs",
-)
-
 
 class Function:
     """A program: a Python function whose first argument, `s`, is the program state.
@@ -82,7 +63,7 @@ class Function:
     def run(
         self,
         *args: Any,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | None = None,
         stream: bool = False,
         backend: Any = None,
         **kwargs: Any,
@@ -97,9 +78,9 @@ class Function:
         """
         # A program argument wins over a sampling default of the same name (`n`, say).
         sampling = {
-            k: kwargs.pop(k) for k in _SAMPLING_ARGS if k in kwargs and k not in self.arg_names
+            k: kwargs.pop(k) for k in ir.SAMPLING_ARGS if k in kwargs and k not in self.arg_names
         }
-        defaults = ir.SamplingParams.run_defaults(max_new_tokens=max_new_tokens, **sampling)
+        defaults = ir.GenParams.run_defaults(max_new_tokens=max_new_tokens, **sampling)
         arguments = self._arguments(args, kwargs)
         be = resolve_backend(backend)
         if stream:
@@ -114,7 +95,7 @@ class Function:
         self,
         batch_kwargs: list[dict[str, Any] | list[Any] | tuple[Any, ...]],
         *,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | None = None,
         backend: Any = None,
         num_threads: int | str = "auto",
         progress_bar: bool = False,
@@ -127,12 +108,12 @@ class Function:
         go on. `num_threads="auto"` runs up to max(96, 16 x CPUs) programs at once. The text
         every program starts with is computed once before the batch is sent.
         """
-        unknown = sorted(set(sampling) - set(_SAMPLING_ARGS))
+        unknown = sorted(set(sampling) - set(ir.SAMPLING_ARGS))
         if unknown:
             raise TypeError(f"run_batch: unexpected arguments: {', '.join(unknown)}")
         if not isinstance(batch_kwargs, (list, tuple)):
             raise TypeError("run_batch: batch_kwargs must be a list of dicts or of argument lists")
-        defaults = ir.SamplingParams.run_defaults(max_new_tokens=max_new_tokens, **sampling)
+        defaults = ir.GenParams.run_defaults(max_new_tokens=max_new_tokens, **sampling)
         be = resolve_backend(backend)
         batch = [
             self._arguments(a, {}) if isinstance(a, (list, tuple)) else self._arguments((), a)
@@ -180,7 +161,7 @@ def function(func: Callable[..., Any] | None = None, **options: Any) -> Any:
     return Function(func)
 
 
-def _new_state(backend: Backend, defaults: ir.SamplingParams, stream: bool = False) -> ProgramState:
+def _new_state(backend: Backend, defaults: ir.GenParams, stream: bool = False) -> ProgramState:
     return ProgramState(Executor(backend, defaults, backend.chat_template, stream))
 
 
@@ -209,7 +190,7 @@ def _run_quietly(func: Callable[..., Any], state: ProgramState, arguments: dict[
 def _run_pool(
     func: Callable[..., Any],
     backend: Backend,
-    defaults: ir.SamplingParams,
+    defaults: ir.GenParams,
     batch: list[dict[str, Any]],
     num_threads: int,
     progress_bar: bool,
@@ -238,7 +219,7 @@ def _run_one(
     states: list[Any],
     i: int,
     backend: Backend,
-    defaults: ir.SamplingParams,
+    defaults: ir.GenParams,
     arguments: dict[str, Any],
 ) -> None:
     state = _new_state(backend, defaults)

@@ -13,6 +13,12 @@ from typing import Any
 
 from ..chat_template import ChatTemplate
 from ..choices import ChoicesDecision, ChoicesMethod
+from ..runtime.sampling.generate_request import GenerateRequest
+from ..runtime.sampling.sampling_params import SamplingParams
+
+# [logprob or None, token id, token text or None]: SGLang's logprob entry.
+LogprobEntry = list[Any]
+Meta = dict[str, Any]  # SGLang's meta_info of one output
 
 
 class Backend(ABC):
@@ -26,15 +32,12 @@ class Backend(ABC):
     def chat_template(self) -> ChatTemplate: ...
 
     @abstractmethod
-    def generate(
-        self, text: str, params: dict[str, Any], logprob: dict[str, Any]
-    ) -> tuple[str | list[str], dict[str, Any] | list[dict[str, Any]]]:
-        """(completion, meta_info); lists of both when params["n"] > 1."""
+    def generate(self, request: GenerateRequest) -> tuple[str | list[str], Meta | list[Meta]]:
+        """(completion, meta_info) of a request for one text; lists of both when its
+        sampling parameters ask for n > 1."""
 
     @abstractmethod
-    def generate_stream(
-        self, text: str, params: dict[str, Any], logprob: dict[str, Any]
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def generate_stream(self, request: GenerateRequest) -> Iterator[tuple[str, Meta]]:
         """(new text, meta_info so far) as tokens arrive; closing it aborts the request."""
 
     @abstractmethod
@@ -42,12 +45,12 @@ class Backend(ABC):
         """The ids the runtime computes for each text (special tokens such as BOS included)."""
 
     @abstractmethod
-    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list[list]]:
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list[LogprobEntry]]:
         """Prefill each sequence (no generation) and return its logprob entries from `start`."""
 
     def cache_prefix(self, text: str) -> None:
         """Compute `text` once so that programs that start with it find it cached."""
-        self.generate(text, {"max_new_tokens": 0}, {})
+        self.generate(GenerateRequest(text=text, sampling_params=SamplingParams(max_new_tokens=0)))
 
     def flush_cache(self) -> bool:
         return False

@@ -7,6 +7,7 @@ import weakref
 from typing import Any
 
 from .base import Backend
+from .engine_backend import EngineBackend, EngineLike
 
 _default: Backend | None = None
 _wrappers: weakref.WeakKeyDictionary[Any, Backend] = weakref.WeakKeyDictionary()
@@ -17,12 +18,10 @@ def as_backend(obj: Any) -> Backend:
     """A Backend as is; an in-process `loomlm.runtime.Engine` wrapped (once per engine)."""
     if isinstance(obj, Backend):
         return obj
-    if type(obj).__name__ == "Engine" and hasattr(obj, "prepare") and hasattr(obj, "tokenizer"):
+    if isinstance(obj, EngineLike):
         with _lock:
             wrapper = _wrappers.get(obj)
             if wrapper is None:
-                from .engine_backend import EngineBackend
-
                 wrapper = _wrappers[obj] = EngineBackend(obj)
             return wrapper
     raise TypeError(

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..chat_template import ChatTemplate, resolve_template
-from .base import Backend
+from ..runtime.sampling.generate_request import GenerateRequest
+from ..runtime.sampling.sampling_params import SamplingParams
+from .base import Backend, LogprobEntry, Meta
 
 
 class RuntimeEndpoint(Backend):
@@ -55,14 +57,14 @@ class RuntimeEndpoint(Backend):
     def get_model_name(self) -> str:
         return self.model_info.get("model_path", "")
 
-    def generate(self, text, params, logprob):
-        out = self._call("POST", "/generate", {"text": text, "sampling_params": params, **logprob})
+    def generate(self, request: GenerateRequest) -> tuple[str | list[str], Meta | list[Meta]]:
+        out = self._call("POST", "/generate", request.to_json())
         if isinstance(out, list):
             return [o["text"] for o in out], [o["meta_info"] for o in out]
         return out["text"], out["meta_info"]
 
-    def generate_stream(self, text, params, logprob) -> Iterator[tuple[str, dict[str, Any]]]:
-        body = {"text": text, "sampling_params": params, **logprob, "stream": True}
+    def generate_stream(self, request: GenerateRequest) -> Iterator[tuple[str, Meta]]:
+        body = {**request.to_json(), "stream": True}
         with self._client.stream("POST", "/generate", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -88,18 +90,15 @@ class RuntimeEndpoint(Backend):
         out = self._call("POST", "/tokenize", {"prompt": texts, "add_special_tokens": True})
         return out["tokens"]
 
-    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list[list]]:
-        out = self._call(
-            "POST",
-            "/generate",
-            {
-                "input_ids": input_ids,
-                "sampling_params": {"max_new_tokens": 0},
-                "return_logprob": True,
-                "logprob_start_len": start,
-                "return_text_in_logprobs": True,
-            },
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list[LogprobEntry]]:
+        request = GenerateRequest(
+            input_ids=input_ids,
+            sampling_params=SamplingParams(max_new_tokens=0),
+            return_logprob=True,
+            logprob_start_len=start,
+            return_text_in_logprobs=True,
         )
+        out = self._call("POST", "/generate", request.to_json())
         return [o["meta_info"]["input_token_logprobs"] for o in out]
 
     def flush_cache(self) -> bool:

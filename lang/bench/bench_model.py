@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 BENCH_SHAPE = dict(
     hidden_size=768,
@@ -29,8 +30,8 @@ def bench_model_dir(cache: str | Path | None = None, with_tokenizer: bool = Fals
     `with_tokenizer`: the same shape with the built-in model's 512-token vocabulary and its
     tokenizer, for benchmarks that send text (language programs).
     """
-    root = Path(cache or os.environ.get("LOOMLM_BENCH_CACHE", Path.home() / ".cache" / "loomlm"))
-    shape = dict(BENCH_SHAPE, vocab_size=512) if with_tokenizer else BENCH_SHAPE
+    root = Path(cache or os.environ.get("LOOMLM_BENCH_CACHE") or Path.home() / ".cache" / "loomlm")
+    shape: dict[str, Any] = dict(BENCH_SHAPE, vocab_size=512) if with_tokenizer else BENCH_SHAPE
     path = root / f"llama-h768-l12-v{shape['vocab_size']}-f32"
     if (path / "config.json").exists():
         return path

@@ -71,11 +71,8 @@ def load_tokenizer(name: str, qwen_dir: str | None) -> tuple[Any, int, list[int]
     if not qwen_dir:
         raise SystemExit("--qwen-tokenizer (or $QWEN_TOKENIZER) is needed for the qwen3 vocabulary")
     tok = AutoTokenizer.from_pretrained(qwen_dir)
-    return (
-        tok,
-        151936,
-        [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
-    )
+    eos = [int(tok.convert_tokens_to_ids(t)) for t in ("<|im_end|>", "<|endoftext|>")]  # type: ignore[arg-type]
+    return tok, 151936, eos
 
 
 def with_timeout(fn: Any, seconds: float) -> tuple[str, Any]:
@@ -143,7 +140,7 @@ def coverage(args: argparse.Namespace, name: str, tok: Any, vocab: int, eos: lis
                 fresh = engine.compile("json_schema", d["schema"])
                 accepted[valid][0] += walk(fresh, _ids(tok, test["data"]), eos[0], vocab, None)
                 accepted[valid][1] += 1
-    row = {
+    row: dict[str, Any] = {
         "compiled": states["ok"], "of": len(docs), "errors": states["error"],
         "timeouts": states["timeout"], "ttfm_median_ms": statistics.median(ttfm) if ttfm else None,
         "ttfm_p90_ms": pct(ttfm, 0.9), "valid_accepted": "{}/{}".format(*accepted[True]),

@@ -7,7 +7,7 @@ object with `mask(bitmask)` (fill row 0) and `consume(token) -> bool`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -54,14 +54,18 @@ class LLGuidance:
         self.ll = llguidance
         self.name = "llguidance" + (" lenient" if lenient else "")
         self.tok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=eos)
-        self.options = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+        self.options: dict[str, Any] = {
+            "whitespace_flexible": False,
+            "item_separator": ",",
+            "key_separator": ":",
+        }
         if lenient:
             self.options.update(lenient=True, coerce_one_of=True)
 
     def compile(self, kind: str, value: Any) -> Any:
         L = self.ll.LLMatcher
         if kind == "json_schema":
-            grammar = L.grammar_from_json_schema(value, defaults=self.options)
+            grammar = L.grammar_from_json_schema(value, defaults=cast(Any, self.options))
         elif kind == "regex":
             grammar = L.grammar_from_regex(value)
         else:

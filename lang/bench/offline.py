@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 from collections.abc import Callable
+from functools import partial
 
 from . import machine_load
 from .bench_model import bench_model_dir
@@ -92,7 +93,7 @@ def main(args: argparse.Namespace) -> None:
         max_total_tokens=64 * 1024,
     )
     run_loomlm(engine, Workload("warm-up", [[5] * 40, [6] * 20], [4, 4]))
-    ours = [measured(f"loomlm, {w.name}", lambda w=w: run_loomlm(engine, w)) for w in works]
+    ours = [measured(f"loomlm, {w.name}", partial(run_loomlm, engine, w)) for w in works]
     preemptions = engine.stats()["num_preemptions"]
     engine.shutdown()
 
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> None:
     hf_mixed = [
         measured(
             f"transformers batch {b}, {works[0].name}",
-            lambda b=b: run_transformers(hf, works[0], b),
+            partial(run_transformers, hf, works[0], b),
         )
         for b in sizes
     ]

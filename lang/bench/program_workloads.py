@@ -37,7 +37,7 @@ def few_shot(count: int, rng: random.Random) -> Workload:
     )
 
     @loomlm.function
-    def few_shot_select(s, question: str, endings: list[str]) -> None:
+    def few_shot_select(s: loomlm.ProgramState, question: str, endings: list[str]) -> None:
         s += shots
         s += f"Question: {question}\nAnswer: " + loomlm.select("answer", endings)
 
@@ -59,7 +59,7 @@ CHARACTER = {
 
 def json_extraction(count: int, rng: random.Random) -> Workload:
     @loomlm.function
-    def extract(s, story: str) -> None:
+    def extract(s: loomlm.ProgramState, story: str) -> None:
         s += "Read the story. Write the main character as a JSON record.\n"
         s += f"Story: {story}\nRecord: " + loomlm.gen(
             "record", json_schema=CHARACTER, max_tokens=48
@@ -78,7 +78,7 @@ def json_extraction(count: int, rng: random.Random) -> Workload:
 # -- tree of thought: nested forks (plan -> step -> verdict) ---------------------------------
 def tree_of_thought(count: int, rng: random.Random) -> Workload:
     @loomlm.function
-    def tree(s, question: str) -> None:
+    def tree(s: loomlm.ProgramState, question: str) -> None:
         s += loomlm.user(question)
         s += loomlm.assistant_begin()
         plans = s.fork(2)
@@ -111,7 +111,7 @@ def multi_turn_chat(count: int, rng: random.Random) -> Workload:
     system = "You are a kind storyteller. You answer every question with a short, happy story."
 
     @loomlm.function
-    def chat(s, turns: list[str]) -> None:
+    def chat(s: loomlm.ProgramState, turns: list[str]) -> None:
         s += loomlm.system(system)
         for i, turn in enumerate(turns):
             s += loomlm.user(turn)
@@ -144,7 +144,7 @@ REACT_INSTRUCTIONS = (
 
 def react_agent(count: int, rng: random.Random) -> Workload:
     @loomlm.function
-    def react(s, question: str) -> None:
+    def react(s: loomlm.ProgramState, question: str) -> None:
         s += REACT_INSTRUCTIONS + f"Question: {question}\n"
         for step in range(3):
             s += "Thought:" + loomlm.gen(f"thought{step}", max_tokens=12, stop="\n") + "\n"

@@ -15,10 +15,14 @@ import argparse
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import loomlm
-from loomlm.backends.base import Backend
+from loomlm.backends.base import Backend, LogprobEntry, Meta
+from loomlm.chat_template import ChatTemplate
+from loomlm.runtime.sampling.generate_request import GenerateRequest
 
 from .program_workloads import ALL, Workload
 
@@ -31,21 +35,21 @@ class SequentialBackend(Backend):
         self._lock = threading.Lock()
 
     @property
-    def chat_template(self):
+    def chat_template(self) -> ChatTemplate:
         return self.inner.chat_template
 
-    def generate(self, text, params, logprob):
+    def generate(self, request: GenerateRequest) -> tuple[str | list[str], Meta | list[Meta]]:
         with self._lock:
-            return self.inner.generate(text, params, logprob)
+            return self.inner.generate(request)
 
-    def generate_stream(self, text, params, logprob):
+    def generate_stream(self, request: GenerateRequest) -> Iterator[tuple[str, Meta]]:
         with self._lock:
-            yield from self.inner.generate_stream(text, params, logprob)
+            yield from self.inner.generate_stream(request)
 
-    def tokenize(self, texts):
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.inner.tokenize(texts)
 
-    def prompt_logprobs(self, input_ids, start):
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list[LogprobEntry]]:
         with self._lock:
             return self.inner.prompt_logprobs(input_ids, start)
 
@@ -58,10 +62,18 @@ def _model(name: str) -> Any:
     return bench_model_dir(with_tokenizer=True)
 
 
-def _timed(run) -> tuple[float, list[loomlm.ProgramState]]:
+def _timed(run: Callable[[], list[loomlm.ProgramState]]) -> tuple[float, list[loomlm.ProgramState]]:
     start = time.perf_counter()
     states = run()
     return time.perf_counter() - start, states
+
+
+def _batched(w: Workload, backend: Backend) -> list[loomlm.ProgramState]:
+    return list(w.program.run_batch(w.arguments, temperature=0, backend=backend))
+
+
+def _one_by_one(w: Workload, backend: Backend) -> list[loomlm.ProgramState]:
+    return [w.program.run(**a, temperature=0, backend=backend) for a in w.arguments]
 
 
 def _run_mode(model: Any, workloads: list[Workload], loom: bool) -> dict[str, tuple[float, list]]:
@@ -77,15 +89,9 @@ def _run_mode(model: Any, workloads: list[Workload], loom: bool) -> dict[str, tu
             before = engine.stats()
             if loom:
                 engine.flush_cache()
-                seconds, states = _timed(
-                    lambda w=w: w.program.run_batch(w.arguments, temperature=0, backend=backend)
-                )
+                seconds, states = _timed(partial(_batched, w, backend))
             else:
-                seconds, states = _timed(
-                    lambda w=w: [
-                        w.program.run(**a, temperature=0, backend=backend) for a in w.arguments
-                    ]
-                )
+                seconds, states = _timed(partial(_one_by_one, w, backend))
             errors = [s.error() for s in states if s.error() is not None]
             if errors:
                 raise RuntimeError(f"{w.name}: {len(errors)} programs failed: {errors[0]}")

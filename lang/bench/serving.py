@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def paced(send: Any, rate: float) -> Any:
     if rate == float("inf"):
         return send
     rng = random.Random(0)
-    state = {"next": None}
+    state: dict[str, float | None] = {"next": None}
 
     async def wrapped(req: BenchRequest) -> RequestTiming:
         now = time.perf_counter()
@@ -127,7 +128,7 @@ def cpu_used(server: ServerProcess | None) -> float:
 class ServerProcess:
     """`loomlm serve` in a child process, on a free port, until stopped."""
 
-    def __init__(self, model: Path, max_total_tokens: int, extra: list[str] = ()) -> None:
+    def __init__(self, model: Path, max_total_tokens: int, extra: Sequence[str] = ()) -> None:
         import socket
 
         with socket.socket() as s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .workloads import random_ids
@@ -31,7 +32,7 @@ def _forced(n: int) -> dict[str, Any]:
     return {"max_new_tokens": n, "min_new_tokens": n, "ignore_eos": True, "temperature": 0}
 
 
-def _timed(engine: Any, body) -> SharingResult:
+def _timed(engine: Any, body: Callable[[], tuple[int, int, int]]) -> SharingResult:
     before = engine.stats()
     start = time.perf_counter()
     requests, output_tokens, prompt_tokens = body()

@@ -25,7 +25,7 @@ def main() -> None:
         gpu_memory_utilization=0.5,
     )
 
-    def run(prompts, output_lens):
+    def run(prompts: list[list[int]], output_lens: list[int]) -> tuple[float, int]:
         params = [
             SamplingParams(
                 temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True, detokenize=False

@@ -59,8 +59,8 @@ def bitmask_bias(bitmask: torch.Tensor, vocab_size: int, device: torch.device) -
     lut = _LUTS.get(key)
     if lut is None:
         lut = _LUTS[key] = torch.from_numpy(_LUT_NP).to(device)
-    as_bytes = bitmask.to(device, non_blocking=True).view(torch.uint8).long()
-    return lut[as_bytes].view(rows, -1)[:, :vocab_size]
+    byte_ids = bitmask.to(device, non_blocking=True).view(torch.uint8).long()
+    return lut[byte_ids].view(rows, -1)[:, :vocab_size]
 
 
 def _fill_disallowed(logits: torch.Tensor, bitmask: torch.Tensor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import interegular
 
@@ -40,7 +41,7 @@ class JsonFormat:
     def prepare(self, schema: dict) -> dict:
         """The schema as compiled: with `strict_properties`, objects that list properties
         and leave `additionalProperties` unsaid get `additionalProperties: false`."""
-        return _close_objects(schema) if self.strict_properties else schema
+        return cast(dict, _close_objects(schema)) if self.strict_properties else schema
 
     def llguidance_options(self) -> dict:
         options: dict = {
@@ -64,7 +65,7 @@ def is_bounded(pattern: str) -> bool:
     on_stack: set = set()
     done: set = set()
 
-    def has_cycle(state: object) -> bool:
+    def has_cycle(state: Any) -> bool:  # an interegular state
         on_stack.add(state)
         for nxt in fsm.map.get(state, {}).values():
             if nxt not in live:

@@ -34,19 +34,20 @@ from ..kvcache.kv_budget import kv_slots_for
 from ..kvcache.kv_pool import KVPool
 from ..kvcache.prefix_cache import NoPrefixCache
 from ..kvcache.radix_cache import RadixCache
+from ..sampling.generate_request import GenerateRequest, ParamsInput, PromptInput
 from ..scheduler.output_processor import OutputProcessor, TokenTimings
 from ..scheduler.scheduler import Scheduler
+from ..utils.threads import threadsafe_put
 from .config import EngineConfig
 from .inputs import (
     Limits,
-    ParamsInput,
     RequestSpec,
     SpecBuilder,
     make_request,
     prompt_chars_bound,
 )
-from .loop import ArrivalWait, EngineLoop, Event, raise_if_error
-from .outputs import GenerateOutput, StreamChunk
+from .loop import ArrivalWait, EngineLoop, raise_if_error
+from .outputs import Event, GenerateOutput, StreamChunk
 from .request_limits import RequestLimits
 from .stats import read_stats
 from .tokenizer import load_tokenizer
@@ -182,22 +183,23 @@ class Engine:
     # -- generation --------------------------------------------------------------------------
     def generate(
         self,
-        prompt: Any = None,
+        prompt: PromptInput | None = None,
         sampling_params: ParamsInput = None,
         *,
-        input_ids: Any = None,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
         return_logprob: bool = False,
         logprob_start_len: int | None = None,
         top_logprobs_num: int | None = None,
         return_text_in_logprobs: bool = False,
         rid: str | Sequence[str] | None = None,
     ) -> GenerateOutput | list[GenerateOutput]:
-        """Generate for one prompt or a list of them; blocks until all are done.
+        """Generate for one prompt (text or token ids) or a list of them; blocks until all
+        are done.
 
         One prompt with n == 1 gives one GenerateOutput; otherwise a list, prompt-major
         (all n samples of the first prompt, then the second's...).
         """
-        specs, single = self._inputs.specs(
+        request = GenerateRequest(
             prompt,
             input_ids,
             sampling_params,
@@ -207,28 +209,38 @@ class Engine:
             return_text_in_logprobs,
             rid,
         )
+        return self.generate_request(request)
+
+    def generate_request(self, request: GenerateRequest) -> GenerateOutput | list[GenerateOutput]:
+        """`generate` for a request already described (what the language's backend sends)."""
+        specs, single = self._inputs.specs(request)
         inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
         self.submit(specs, stream=False, on_event=inbox.put)
-        by_rid = {}
+        by_rid: dict[str, Event] = {}
         while len(by_rid) < len(specs):
             out = raise_if_error(inbox.get())
             by_rid[out.rid] = out
         results = [by_rid[s.rid] for s in specs]
-        return results[0] if single and len(results) == 1 else results
+        return results[0] if single and len(results) == 1 else results  # type: ignore[return-value]
 
     def stream(
-        self,
-        prompt: Any = None,
-        sampling_params: ParamsInput = None,
-        **kwargs: Any,
+        self, prompt: PromptInput | None = None, sampling_params: ParamsInput = None, **fields: Any
     ) -> Iterator[StreamChunk]:
-        """Yield chunks of new text as one request generates (n must be 1)."""
-        spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
+        """Yield chunks of new text as one request generates (n must be 1). `fields`: the
+        other fields of a GenerateRequest (`input_ids`, `return_logprob`, `rid`...)."""
+        yield from self.stream_request(
+            GenerateRequest(prompt, sampling_params=sampling_params, **fields)
+        )
+
+    def stream_request(self, request: GenerateRequest) -> Iterator[StreamChunk]:
+        """`stream` for a request already described."""
+        spec = self._inputs.single_spec(request)
         inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
         self.submit([spec], stream=True, on_event=inbox.put)
         try:
             while True:
                 chunk = raise_if_error(inbox.get())
+                assert isinstance(chunk, StreamChunk)
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -237,13 +249,14 @@ class Engine:
             self.abort(spec.rid)
 
     async def async_generate(
-        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
+        self, prompt: PromptInput | None = None, sampling_params: ParamsInput = None, **fields: Any
     ) -> GenerateOutput | list[GenerateOutput]:
         """`generate` for asyncio: awaits without blocking the event loop."""
-        specs, single = self._inputs.specs_from(prompt, sampling_params, kwargs)
+        request = GenerateRequest(prompt, sampling_params=sampling_params, **fields)
+        specs, single = self._inputs.specs(request)
         inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self.submit(specs, stream=False, on_event=_threadsafe_put(inbox))
-        by_rid = {}
+        self.submit(specs, stream=False, on_event=threadsafe_put(inbox))
+        by_rid: dict[str, Event] = {}
         try:
             while len(by_rid) < len(specs):
                 out = raise_if_error(await inbox.get())
@@ -253,17 +266,19 @@ class Engine:
                 self.abort(spec.rid)
             raise
         results = [by_rid[s.rid] for s in specs]
-        return results[0] if single and len(results) == 1 else results
+        return results[0] if single and len(results) == 1 else results  # type: ignore[return-value]
 
     async def async_stream(
-        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
+        self, prompt: PromptInput | None = None, sampling_params: ParamsInput = None, **fields: Any
     ) -> AsyncIterator[StreamChunk]:
-        spec = self._inputs.single_spec(prompt, sampling_params, kwargs)
+        request = GenerateRequest(prompt, sampling_params=sampling_params, **fields)
+        spec = self._inputs.single_spec(request)
         inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self.submit([spec], stream=True, on_event=_threadsafe_put(inbox))
+        self.submit([spec], stream=True, on_event=threadsafe_put(inbox))
         try:
             while True:
                 chunk = raise_if_error(await inbox.get())
+                assert isinstance(chunk, StreamChunk)
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -279,16 +294,13 @@ class Engine:
         self._loop.abort_all(message)
 
     # -- the parts of generate, for callers that drive requests themselves (the server) -----
-    def prepare(
-        self, prompt: Any = None, sampling_params: ParamsInput = None, **kwargs: Any
-    ) -> tuple[list[RequestSpec], bool]:
+    def prepare(self, request: GenerateRequest) -> tuple[list[RequestSpec], bool]:
         """Validate, tokenize and compile one call's requests without submitting them.
 
-        Takes `generate`'s arguments, plus `prompt_field` to name the prompt in errors
-        ("text", "messages"...). Returns the specs (prompt-major) and whether a single
-        prompt was given. Raises ValueError naming the field on bad input.
+        Returns the specs (prompt-major) and whether a single prompt was given. Raises
+        ValueError naming the field on bad input (`request.prompt_field` names the prompt).
         """
-        return self._inputs.specs_from(prompt, sampling_params, kwargs)
+        return self._inputs.specs(request)
 
     def submit(
         self,
@@ -314,7 +326,8 @@ class Engine:
     def stats(self) -> dict[str, int | float]:
         """Counters since start (see engine_stats.read_stats for what each one counts)."""
         in_flight = self._loop.num_in_flight
-        return self._loop.call(lambda: read_stats(self, in_flight))  # type: ignore[return-value]
+        stats: dict[str, int | float] = self._loop.call(lambda: read_stats(self, in_flight))
+        return stats
 
     @property
     def alive(self) -> bool:
@@ -351,8 +364,3 @@ class Engine:
         loop = getattr(self, "_loop", None)
         if loop is not None and loop.alive:
             loop.stop()
-
-
-def _threadsafe_put(q: asyncio.Queue) -> Callable[[Event | BaseException], None]:
-    loop = asyncio.get_running_loop()
-    return lambda event: loop.call_soon_threadsafe(q.put_nowait, event)

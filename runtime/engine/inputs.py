@@ -9,20 +9,18 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..constrained.constraint_limits import check_constraint_size
 from ..constrained.grammar_compiler import GrammarCompiler
 from ..constrained.matcher import CompiledGrammar
+from ..sampling.generate_request import GenerateRequest, ParamsInput
 from ..sampling.sampling_params import SamplingParams
 from ..scheduler.detokenizer import IncrementalDetokenizer
 from ..scheduler.request import LogprobRequest, Request
 from ..utils.checks import check_bool, shown
 from .request_limits import RequestLimits
-
-PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]]
-ParamsInput = SamplingParams | dict[str, Any] | Sequence[SamplingParams | dict[str, Any]] | None
 
 
 class RequestSpec(NamedTuple):
@@ -90,14 +88,17 @@ def normalize_prompts(
 
 
 def normalize_params(params: ParamsInput, count: int) -> list[SamplingParams]:
+    if params is None or isinstance(params, (SamplingParams, dict)):
+        return [_one_params(params)] * count
     if isinstance(params, (list, tuple)):
         if len(params) != count:
             raise ValueError(
                 f"sampling_params: a list of {len(params)} for {count} prompts; expected one per prompt"
             )
         return [_one_params(p) for p in params]
-    one = _one_params(params)
-    return [one] * count
+    raise ValueError(
+        f"sampling_params: expected SamplingParams, a dict or a list of them, got {shown(params)}"
+    )
 
 
 def _one_params(p: SamplingParams | dict[str, Any] | None) -> SamplingParams:
@@ -217,59 +218,21 @@ class SpecBuilder:
         self.request_limits = request_limits
         self._calls = itertools.count()
 
-    def specs_from(
-        self, prompt: Any, sampling_params: ParamsInput, kwargs: dict[str, Any]
-    ) -> tuple[list[RequestSpec], bool]:
-        """`specs` for the methods that take generate's keyword arguments as **kwargs."""
-        known = (
-            "input_ids",
-            "return_logprob",
-            "logprob_start_len",
-            "top_logprobs_num",
-            "return_text_in_logprobs",
-            "rid",
-            "prompt_field",
-        )
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise TypeError(f"unexpected arguments: {', '.join(map(shown, unknown))}")
-        return self.specs(
-            prompt,
-            kwargs.get("input_ids"),
-            sampling_params,
-            kwargs.get("return_logprob", False),
-            kwargs.get("logprob_start_len"),
-            kwargs.get("top_logprobs_num"),
-            kwargs.get("return_text_in_logprobs", False),
-            kwargs.get("rid"),
-            kwargs.get("prompt_field"),
-        )
-
-    def single_spec(self, prompt: Any, sampling_params: ParamsInput, kwargs: dict) -> RequestSpec:
-        specs, single = self.specs_from(prompt, sampling_params, kwargs)
-        if not single or len(specs) != 1:
-            raise ValueError("prompt: streaming takes one prompt with n == 1")
-        return specs[0]
-
-    def specs(
-        self,
-        prompt: Any,
-        input_ids: Any,
-        sampling_params: ParamsInput,
-        return_logprob: bool,
-        logprob_start_len: int | None,
-        top_logprobs_num: int | None,
-        with_text: bool,
-        rid: str | Sequence[str] | None,
-        prompt_field: str | None = None,
-    ) -> tuple[list[RequestSpec], bool]:
-        prompts, single = normalize_prompts(prompt, input_ids, prompt_field)
-        params = normalize_params(sampling_params, len(prompts))
+    def specs(self, request: GenerateRequest) -> tuple[list[RequestSpec], bool]:
+        """Validate, tokenize and compile one call's requests. Returns the specs
+        (prompt-major: the n samples of the first prompt, then the second's...) and whether
+        a single prompt was given."""
+        prompts, single = normalize_prompts(request.text, request.input_ids, request.prompt_field)
+        params = normalize_params(request.sampling_params, len(prompts))
         max_top = min(self.request_limits.max_top_logprobs, self.limits.vocab_size)
         logprob = make_logprob_request(
-            return_logprob, logprob_start_len, top_logprobs_num, with_text, max_top
+            request.return_logprob,
+            request.logprob_start_len,
+            request.top_logprobs_num,
+            request.return_text_in_logprobs,
+            max_top,
         )
-        rids = make_rids(rid, len(prompts))
+        rids = make_rids(request.rid, len(prompts))
         for i, sp in enumerate(params):  # all checked before any prompt is tokenized
             check_params(
                 sp,
@@ -284,7 +247,7 @@ class SpecBuilder:
             )
         specs = []
         call = next(self._calls)
-        field = prompt_field or ("prompt" if prompt is not None else "input_ids")
+        field = request.prompt_field or ("prompt" if request.text is not None else "input_ids")
         for i, (p, sp, r) in enumerate(zip(prompts, params, rids)):
             where = field if single else f"{field}[{i}]"
             ids = self._tokenize(p, where)
@@ -298,6 +261,12 @@ class SpecBuilder:
                 rid = r if sp.n == 1 else f"{r}-{k}"
                 specs.append(RequestSpec(rid, ids, sp, logprob, k, grammar, call))
         return specs, single
+
+    def single_spec(self, request: GenerateRequest) -> RequestSpec:
+        specs, single = self.specs(request)
+        if not single or len(specs) != 1:
+            raise ValueError("prompt: streaming takes one prompt with n == 1")
+        return specs[0]
 
     def _compile(self, params: SamplingParams) -> CompiledGrammar | None:
         """Compile the request's constraint here, in the caller's thread: the engine loop

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -35,16 +35,28 @@ class ItemResult(NamedTuple):
 
 
 class StepOutputs(NamedTuple):
-    """What one forward step computed, as tensors on the device (or as lists once on the
-    host): the sampled tokens and the logprobs asked for. None: nothing of that kind."""
+    """What one forward step computed, on the device: the sampled tokens and the logprobs
+    asked for. None: nothing of that kind this step."""
 
-    next_ids: Any = None  # [samplers]
-    logprobs: Any = None  # [samplers]
-    top_logprobs: Any = None  # [samplers, k]
-    top_ids: Any = None  # [samplers, k]
-    prompt_logprobs: Any = None  # [prompt rows]
-    prompt_top_logprobs: Any = None  # [prompt rows, k]
-    prompt_top_ids: Any = None  # [prompt rows, k]
+    next_ids: torch.Tensor | None = None  # [samplers] int64
+    logprobs: torch.Tensor | None = None  # [samplers]
+    top_logprobs: torch.Tensor | None = None  # [samplers, k]
+    top_ids: torch.Tensor | None = None  # [samplers, k]
+    prompt_logprobs: torch.Tensor | None = None  # [prompt rows]
+    prompt_top_logprobs: torch.Tensor | None = None  # [prompt rows, k]
+    prompt_top_ids: torch.Tensor | None = None  # [prompt rows, k]
+
+
+class HostOutputs(NamedTuple):
+    """StepOutputs brought to the host as lists, field for field ([] where None)."""
+
+    next_ids: list[int]
+    logprobs: list[float]
+    top_logprobs: list[list[float]]
+    top_ids: list[list[int]]
+    prompt_logprobs: list[float]
+    prompt_top_logprobs: list[list[float]]
+    prompt_top_ids: list[list[int]]
 
 
 class ModelRunner:
@@ -129,9 +141,11 @@ class ModelRunner:
         input_ids: list[int] = []
         positions: list[int] = []
         table = self.kv_pool.slot_table
-        rows, prefix_lens, extend_lens, seq_lens = [], [], [], []
+        rows: list[int] = []
+        prefix_lens, extend_lens, seq_lens = [], [], []
         out_slots = []
         for item in items:
+            assert item.req.table_row is not None  # scheduled requests hold a row
             input_ids.extend(item.req.fill_slice(item.start, item.end))
             positions.extend(range(item.start, item.end))
             rows.append(item.req.table_row)
@@ -156,7 +170,7 @@ class ModelRunner:
     @staticmethod
     def _results(
         items: list[ScheduledItem],
-        host: StepOutputs,
+        host: HostOutputs,
         prompt_spans: list[tuple[int, int]],
         prompt_targets: list[int],
     ) -> list[ItemResult]:
@@ -166,7 +180,7 @@ class ModelRunner:
             prompt_lp = [(host.prompt_logprobs[j], prompt_targets[j]) for j in range(first, last)]
             prompt_top = []
             k = item.req.logprob.top_k
-            if host.prompt_top_logprobs is not None and k:
+            if host.prompt_top_logprobs and k:
                 prompt_top = [
                     list(zip(host.prompt_top_logprobs[j][:k], host.prompt_top_ids[j][:k]))
                     for j in range(first, last)
@@ -174,9 +188,9 @@ class ModelRunner:
             next_id = lp = top = None
             if item.sample:
                 next_id = host.next_ids[sample_idx]
-                if host.logprobs is not None:
+                if host.logprobs:
                     lp = host.logprobs[sample_idx]
-                if host.top_logprobs is not None and k:
+                if host.top_logprobs and k:
                     top = list(zip(host.top_logprobs[sample_idx][:k], host.top_ids[sample_idx][:k]))
                 sample_idx += 1
             results.append(ItemResult(next_id, lp, top, prompt_lp, prompt_top))
@@ -209,13 +223,11 @@ def _sampling_row(req: Request) -> SamplingRow:
     return SamplingRow(params, req.seed, req.prompt_ids, req.output_ids, suppressed)
 
 
-def _to_host(step: StepOutputs) -> StepOutputs:
+def _to_host(step: StepOutputs) -> HostOutputs:
     """Bring every result to the host, as lists, with one synchronisation for the step."""
     present = [t for t in step if t is not None]
-    if not present:
-        return step
-    device = present[0].device
-    if device.type == "cuda":
+    if present and present[0].device.type == "cuda":
+        device = present[0].device
         step = StepOutputs(*(None if t is None else t.to("cpu", non_blocking=True) for t in step))
         torch.cuda.current_stream(device).synchronize()
-    return StepOutputs(*(None if t is None else t.tolist() for t in step))
+    return HostOutputs(*([] if t is None else t.tolist() for t in step))

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
 FreeSlots = Callable[[torch.Tensor], None]
+
+
+class PrefixNode(Protocol):
+    """Where a match ends in a cache that keeps a tree (the radix cache's node)."""
+
+    @property
+    def parent(self) -> PrefixNode | None: ...
 
 
 class PrefixMatch(NamedTuple):
@@ -20,7 +27,7 @@ class PrefixMatch(NamedTuple):
 
     slots: torch.Tensor  # [length] int64, host
     length: int
-    node: Any  # the implementation's handle; pass it back to lock / unlock
+    node: PrefixNode | None  # the implementation's handle (None: it keeps no tree)
 
 
 class PrefixCache(ABC):

@@ -127,8 +127,8 @@ class RadixCache(PrefixCache):
 
     # -- locking -----------------------------------------------------------------------------
     def lock(self, match: PrefixMatch) -> None:
-        node = match.node
-        while node is not self.root:
+        node = _node_of(match)
+        while node is not None and node is not self.root:
             if node.lock_ref == 0:
                 self._evictable -= len(node.key)
                 self._protected += len(node.key)
@@ -136,8 +136,8 @@ class RadixCache(PrefixCache):
             node = node.parent
 
     def unlock(self, match: PrefixMatch) -> None:
-        node = match.node
-        while node is not self.root:
+        node = _node_of(match)
+        while node is not None and node is not self.root:
             if node.lock_ref <= 0:
                 raise RuntimeError("radix cache: unlock without a matching lock")
             node.lock_ref -= 1
@@ -204,3 +204,9 @@ class RadixCache(PrefixCache):
             keys.append(node.key)
             node = node.parent  # type: ignore[assignment]
         return [t for key in reversed(keys) for t in key]
+
+
+def _node_of(match: PrefixMatch) -> _Node | None:
+    """Where a match of this cache ends (its matches always carry a node)."""
+    assert isinstance(match.node, _Node)
+    return match.node

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 from ..constrained.constraint import Constraint, check_constraint_fields
@@ -128,7 +128,8 @@ class SamplingParams:
 
 
 def _default_of(f: Field[Any]) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    factory = f.default_factory
+    return factory() if callable(factory) else f.default
 
 
 def _string_list(name: str, value: Any) -> list[str]:

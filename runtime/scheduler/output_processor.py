@@ -163,9 +163,10 @@ class OutputProcessor:
             req.input_logprobs.append([None, first, self._text_of(req, first)])
             if with_top:
                 req.input_top_logprobs.append(None)
-        for (lp, token), top in zip(
-            res.prompt_logprobs, res.prompt_top or [None] * len(res.prompt_logprobs)
-        ):
+        tops: list[list[tuple[float, int]] | None] = [None] * len(res.prompt_logprobs)
+        if res.prompt_top:
+            tops = list(res.prompt_top)
+        for (lp, token), top in zip(res.prompt_logprobs, tops):
             req.input_logprobs.append([lp, token, self._text_of(req, token)])
             if with_top:
                 req.input_top_logprobs.append(self._entries(req, top or []))

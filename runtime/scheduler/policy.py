@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from ..kvcache.prefix_cache import PrefixCache
+from ..kvcache.prefix_cache import PrefixCache, PrefixNode
 from .config import POLICIES
 from .request import Request
 
@@ -78,23 +78,25 @@ def _longest_prefix_first(waiting: Sequence[Request], cache: PrefixCache) -> lis
 
 
 def _dfs_weight(waiting: Sequence[Request], cache: PrefixCache) -> list[Request]:
-    at_node: dict[object, list[Request]] = defaultdict(list)
+    at_node: dict[PrefixNode, list[Request]] = defaultdict(list)
     for req in waiting:
-        at_node[cache.match_prefix(req.reusable_tokens()).node].append(req)
-    if None in at_node:  # a cache without a tree: nothing to walk
-        return list(waiting)
+        end = cache.match_prefix(req.reusable_tokens()).node
+        if end is None:  # a cache without a tree: nothing to walk
+            return list(waiting)
+        at_node[end].append(req)
     # weight of a node: waiting requests whose match ends in its subtree
-    weight: dict[object, int] = defaultdict(int)
-    children: dict[object, list[object]] = defaultdict(list)
+    weight: dict[PrefixNode, int] = defaultdict(int)
+    children: dict[PrefixNode, list[PrefixNode]] = defaultdict(list)
     root = None
-    for node, reqs in at_node.items():
+    for end, reqs in at_node.items():
+        node: PrefixNode | None = end
         while node is not None:
             if weight[node] == 0 and node.parent is not None:
                 children[node.parent].append(node)
             weight[node] += len(reqs)
             root, node = node, node.parent
     ordered: list[Request] = []
-    stack = [root]
+    stack = [root] if root is not None else []
     while stack:
         node = stack.pop()
         ordered.extend(at_node.get(node, ()))

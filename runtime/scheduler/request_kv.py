@@ -35,20 +35,19 @@ class RequestKV:
         assert row is not None  # one row per running request, checked by the scheduler
         start = match.length
         self.pool.slot_table[row, :start] = match.slots
-        self.pool.slot_table[row, start : start + take] = self.pool.alloc(take)
+        self.pool.slot_table[row, start : start + take] = self._alloc(take)
         req.table_row, req.num_computed, req.prefix = row, start, match
 
     def extend(self, req: Request, take: int) -> None:
         """`take` more slots after the computed ones (the next prompt chunk); reserved."""
         start = req.num_computed
-        self.pool.slot_table[req.table_row, start : start + take] = self.pool.alloc(take)
+        self.pool.slot_table[req.table_row, start : start + take] = self._alloc(take)
 
     def extend_decodes(self, reqs: list[Request]) -> None:
         """Slots for each running request's uncomputed tokens: one per step, more after a
         jump-forward; reserved."""
         counts = [r.seq_len - r.num_computed for r in reqs]
-        slots = self.pool.alloc(sum(counts))
-        assert slots is not None
+        slots = self._alloc(sum(counts))
         rows = torch.tensor([r.table_row for r, n in zip(reqs, counts) for _ in range(n)])
         cols = torch.tensor([r.num_computed + k for r, n in zip(reqs, counts) for k in range(n)])
         self.pool.slot_table[rows, cols] = slots
@@ -62,6 +61,7 @@ class RequestKV:
         """Hand the computed KV to the cache while the request runs on: requests arriving
         meanwhile already share it."""
         n = req.num_computed
+        assert req.prefix is not None  # it runs
         row = self.pool.slot_table[req.table_row]
         match = self.cache.cache_running(req.fill_slice(0, n), row[:n].clone(), req.prefix)
         row[: match.length] = match.slots  # the cache's copies replace any duplicates
@@ -72,6 +72,7 @@ class RequestKV:
         half written (a failed step)."""
         if req.table_row is None:
             return
+        assert req.prefix is not None  # a request with a row holds its cached prefix
         n = req.num_computed
         slots = self.pool.slot_table[req.table_row, :n].clone()
         if keep_kv:
@@ -81,3 +82,8 @@ class RequestKV:
             self.pool.free(slots[req.prefix.length :])
         self.pool.free_row(req.table_row)
         req.table_row, req.num_computed, req.prefix = None, 0, None
+
+    def _alloc(self, n: int) -> torch.Tensor:
+        slots = self.pool.alloc(n)
+        assert slots is not None  # the scheduler reserved them
+        return slots

@@ -14,8 +14,9 @@ from starlette.requests import Request
 from ..engine.engine import Engine
 from ..engine.errors import EngineDeadError, EngineOverloadedError
 from ..engine.inputs import RequestSpec
-from ..engine.loop import Event
-from ..engine.outputs import GenerateOutput
+from ..engine.outputs import Event, GenerateOutput
+from ..sampling.generate_request import GenerateRequest
+from ..utils.threads import threadsafe_put
 from .http_io import EventStream, HTTPError, unless_disconnected
 
 logger = logging.getLogger("loomlm.server")
@@ -72,11 +73,9 @@ class RequestGroup:
         self.index = {spec.rid: i for i, spec in enumerate(specs)}
         self.pending = set(self.index)
         self.client_rids: set[str] = set()  # ids the client gave for n > 1 (see EngineClient)
-        loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        put = self.inbox.put_nowait
         try:
-            client.engine.submit(specs, stream, lambda event: loop.call_soon_threadsafe(put, event))
+            client.engine.submit(specs, stream, threadsafe_put(self.inbox))
         except (EngineOverloadedError, EngineDeadError, ValueError) as exc:
             self.pending.clear()  # nothing of the call was queued
             raise refusal(exc) from None
@@ -123,14 +122,14 @@ class EngineClient:
         # The engine ids of a client's id: itself, or "<rid>-<k>" for its n samples.
         self.by_client_rid: dict[str, list[str]] = {}
 
-    async def prepare(self, **kwargs: Any) -> tuple[list[RequestSpec], bool]:
+    async def prepare(self, request: GenerateRequest) -> tuple[list[RequestSpec], bool]:
         """Engine.prepare; a ValueError becomes HTTP 400. Compiling a grammar or tokenizing
         a long text runs in a worker thread, so as not to hold up the event loop; anything
         else runs inline: a thread hop costs more than the work, and each hop is a point
         where a burst of requests gets interleaved with the loop's other work."""
-        work = partial(self.engine.prepare, **kwargs)
+        work = partial(self.engine.prepare, request)
         try:
-            if not _is_heavy(kwargs):
+            if not _is_heavy(request):
                 return work()
             return await asyncio.get_running_loop().run_in_executor(None, work)
         except (ValueError, TypeError) as exc:
@@ -216,18 +215,18 @@ async def off_loop(fn: Any, heavy: bool) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
-def _is_heavy(kwargs: dict[str, Any]) -> bool:
-    params = kwargs.get("sampling_params")
+def _is_heavy(request: GenerateRequest) -> bool:
+    params = request.sampling_params
     dicts = params if isinstance(params, list) else [params]
     if len(dicts) > 64 or any(
         isinstance(d, dict) and any(d.get(k) is not None for k in _CONSTRAINT_KEYS) for d in dicts
     ):
         return True
-    prompt = kwargs.get("prompt")
+    prompt = request.text
     texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
     if sum(len(t) if isinstance(t, (str, list)) else 1 for t in texts) > INLINE_TEXT_CHARS:
         return True
-    ids = kwargs.get("input_ids")
+    ids = request.input_ids
     if isinstance(ids, list):
         return sum(len(x) if isinstance(x, list) else 1 for x in ids) > INLINE_IDS
     return False

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from ..engine.inputs import RequestSpec
 from ..engine.outputs import GenerateOutput, StreamChunk
+from ..sampling.generate_request import GenerateRequest
 from ..utils.checks import shown
 from .context import ServerContext, handler
 from .engine_client import INLINE_IDS, INLINE_TEXT_CHARS, RequestGroup, off_loop
@@ -25,6 +26,7 @@ from .http_io import HTTPError, json_response
 from .native_request import parse_generate
 
 HEALTH_GENERATE_TIMEOUT = 20.0
+HEALTH_PARAMS = {"max_new_tokens": 1, "temperature": 0}
 # Ids one /detokenize call may decode: 2M took 1.2 s of a worker thread's time.
 MAX_DETOKENIZE_IDS = 1 << 20
 
@@ -137,7 +139,7 @@ class NativeAPI:
     async def generate(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
         parsed = parse_generate(body)
-        specs, single = await self.ctx.client.prepare(**parsed.prepare_kwargs)
+        specs, single = await self.ctx.client.prepare(parsed)
         if parsed.stream:
             events = partial(self._stream, specs=specs, single=single)
             return self.ctx.client.stream(specs, events)  # type: ignore[return-value]
@@ -212,7 +214,7 @@ class NativeAPI:
         if not self.ctx.engine.alive:
             raise HTTPError(503, "the engine has stopped")
         specs, _ = await self.ctx.client.prepare(
-            input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0}
+            GenerateRequest(input_ids=[0], sampling_params=HEALTH_PARAMS)
         )
         try:
             await asyncio.wait_for(self.ctx.client.generate(specs), HEALTH_GENERATE_TIMEOUT)

@@ -1,10 +1,11 @@
-"""SGLang's `/generate` request body, checked field by field and turned into
-`Engine.prepare` arguments."""
+"""SGLang's `/generate` request body, checked field by field and read into the engine's
+GenerateRequest."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
+from ..sampling.generate_request import GenerateRequest
 from ..utils.checks import shown
 from .http_io import HTTPError
 
@@ -12,12 +13,7 @@ from .http_io import HTTPError
 _MEDIA_FIELDS = ("input_embeds", "image_data", "video_data", "audio_data")
 
 
-class NativeRequest(NamedTuple):
-    prepare_kwargs: dict[str, Any]
-    stream: bool
-
-
-def parse_generate(body: dict[str, Any]) -> NativeRequest:
+def parse_generate(body: dict[str, Any]) -> GenerateRequest:
     text, input_ids = body.get("text"), body.get("input_ids")
     if (text is None) == (input_ids is None):
         raise HTTPError(400, "text: give exactly one of `text` and `input_ids`")
@@ -29,19 +25,18 @@ def parse_generate(body: dict[str, Any]) -> NativeRequest:
         params = [sglang_params(p, f"sampling_params[{i}]") for i, p in enumerate(params)]
     else:
         params = sglang_params(params, "sampling_params")
-    kwargs: dict[str, Any] = {
-        "sampling_params": params,
-        "return_logprob": one_value(body, "return_logprob", False, bool),
-        "logprob_start_len": one_value(body, "logprob_start_len", None, int),
-        "top_logprobs_num": one_value(body, "top_logprobs_num", None, int),
-        "return_text_in_logprobs": one_value(body, "return_text_in_logprobs", False, bool),
-        "rid": _rid(body.get("rid")),
-    }
-    if text is not None:
-        kwargs.update(prompt=text, prompt_field="text")
-    else:
-        kwargs["input_ids"] = input_ids
-    return NativeRequest(kwargs, one_value(body, "stream", False, bool))
+    return GenerateRequest(
+        text=text,
+        input_ids=input_ids,
+        sampling_params=params,
+        return_logprob=one_value(body, "return_logprob", False, bool),
+        logprob_start_len=one_value(body, "logprob_start_len", None, int),
+        top_logprobs_num=one_value(body, "top_logprobs_num", None, int),
+        return_text_in_logprobs=one_value(body, "return_text_in_logprobs", False, bool),
+        rid=_rid(body.get("rid")),
+        stream=one_value(body, "stream", False, bool),
+        prompt_field="text" if text is not None else "input_ids",
+    )
 
 
 def sglang_params(params: Any, where: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ..engine.inputs import RequestSpec
 from ..engine.outputs import GenerateOutput, StreamChunk
+from ..sampling.generate_request import GenerateRequest
 from .chat_template import chat_prompt_ids, check_messages, check_template_kwargs
 from .context import ServerContext, handler
 from .engine_client import INLINE_TEXT_CHARS, RequestGroup, off_loop
@@ -96,9 +97,8 @@ class OpenAIAPI:
     async def completions(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
         req, echo = parse_completion(body, self._max_top())
-        kwargs = self._engine_kwargs(req, prompt_scores=echo)
         specs, _ = await self.ctx.client.prepare(
-            prompt=body["prompt"], prompt_field="prompt", **kwargs
+            self._generate_request(req, prompt_scores=echo, text=body["prompt"])
         )
         prompts = self._prompt_texts(body["prompt"], specs) if echo else None
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -206,7 +206,7 @@ class OpenAIAPI:
             heavy,
         )
         specs, _ = await self.ctx.client.prepare(
-            input_ids=ids, prompt_field="messages", **self._engine_kwargs(req, False)
+            self._generate_request(req, prompt_scores=False, input_ids=ids)
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": self.ctx.model_name}
@@ -300,13 +300,24 @@ class OpenAIAPI:
         engine = self.ctx.engine
         return min(engine.request_limits.max_top_logprobs, engine.model_config.vocab_size)
 
-    def _engine_kwargs(self, req: OpenAIRequest, prompt_scores: bool) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"sampling_params": req.sampling_params, "rid": req.rid}
-        if req.top_logprobs is not None:
-            kwargs.update(
-                return_logprob=True,
-                top_logprobs_num=req.top_logprobs,
-                return_text_in_logprobs=True,
-                logprob_start_len=0 if prompt_scores else None,
-            )
-        return kwargs
+    @staticmethod
+    def _generate_request(
+        req: OpenAIRequest,
+        prompt_scores: bool,
+        text: Any = None,
+        input_ids: list[int] | None = None,
+    ) -> GenerateRequest:
+        """The engine's request for an OpenAI one: a completion's `prompt` (text or ids) or
+        a chat's rendered `messages`."""
+        logprobs = req.top_logprobs is not None
+        return GenerateRequest(
+            text=text,
+            input_ids=input_ids,
+            sampling_params=req.sampling_params,
+            return_logprob=logprobs,
+            top_logprobs_num=req.top_logprobs,
+            return_text_in_logprobs=logprobs,
+            logprob_start_len=0 if logprobs and prompt_scores else None,
+            rid=req.rid,
+            prompt_field="prompt" if input_ids is None else "messages",
+        )

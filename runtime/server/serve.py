@@ -83,14 +83,15 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def uvicorn_server(engine: Engine, args: ServerArgs) -> uvicorn.Server:
+def uvicorn_server(engine: Engine, args: ServerArgs) -> _Server:
     config = uvicorn.Config(
         create_app(engine, args),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=False,  # the engine client logs a line per request, with its tokens
-        timeout_graceful_shutdown=args.shutdown_timeout + _AFTER_ABORT,
+        # uvicorn types it as int but waits any number of seconds
+        timeout_graceful_shutdown=args.shutdown_timeout + _AFTER_ABORT,  # type: ignore[arg-type]
         lifespan="off",
         http=protocol_with_header_timeout(args.header_timeout),
     )

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import Field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 HELP = "help"
 FLAGS = "flags"  # extra spellings of the flag (SGLang's), besides --the-field-name
@@ -113,7 +113,7 @@ def _build(
         inner = _build(tp, (*prefix, name), options, group_types)
         if given is not None:
             overrides = {k: getattr(inner, k) for k in _set_fields(tp, options)}
-            inner = dataclasses.replace(given, **overrides) if overrides else given
+            inner = dataclasses.replace(cast(Any, given), **overrides) if overrides else given
         kwargs[name] = inner
     for f in dataclasses.fields(cls):
         if f.init and f.name not in kwargs and f.name in options:

@@ -9,9 +9,11 @@ limits (RequestLimits.max_grammar_rules...) keep every accepted grammar far insi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 STACK_BYTES = 64 << 20
 _lock = threading.Lock()
@@ -34,3 +36,14 @@ def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
     return thread
+
+
+def threadsafe_put(q: asyncio.Queue[Any]) -> Callable[[Any], None]:
+    """A function any thread may call to put an item into `q`, which belongs to the running
+    event loop (the engine thread hands events to asyncio consumers this way)."""
+    loop = asyncio.get_running_loop()
+
+    def put(item: Any) -> None:
+        loop.call_soon_threadsafe(q.put_nowait, item)
+
+    return put

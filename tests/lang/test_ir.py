@@ -6,7 +6,7 @@ import re
 
 import loomlm
 import pytest
-from loomlm.ir import SamplingParams, dtype_regex
+from loomlm.ir import GenParams, dtype_regex
 
 
 @pytest.mark.parametrize(
@@ -22,14 +22,15 @@ def test_dtype_regexes(dtype, good, bad):
 
 
 def test_gen_parameters_override_run_defaults_and_dtype_becomes_a_regex():
-    defaults = SamplingParams.run_defaults(max_new_tokens=64, temperature=0.5, stop=["\n"])
+    defaults = GenParams.run_defaults(max_new_tokens=64, temperature=0.5, stop=["\n"])
     gen = loomlm.gen("x", max_tokens=8, dtype=int)
-    params, logprob = defaults.overridden_by(gen.params).request(extra_stop=("<|end|>",))
-    assert params["max_new_tokens"] == 8 and params["temperature"] == 0.5
-    assert params["regex"] == dtype_regex(int)
-    assert params["stop"] == ["\n", " ", "<|end|>"]
-    assert logprob == {}
-    doc = loomlm.gen("y", json_schema={"type": "object"}).params.request()[0]
-    assert doc["json_schema"] == '{"type": "object"}' and "regex" not in doc
+    request = defaults.overridden_by(gen.params).request("text", extra_stop=("<|end|>",))
+    params = request.sampling_params
+    assert params.max_new_tokens == 8 and params.temperature == 0.5
+    assert params.regex == dtype_regex(int)
+    assert params.stop == ["\n", " ", "<|end|>"]
+    assert not request.return_logprob and request.top_logprobs_num is None
+    doc = loomlm.gen("y", json_schema={"type": "object"}).params.request("text").sampling_params
+    assert doc.json_schema == '{"type": "object"}' and doc.regex is None
     with pytest.raises(ValueError, match="at most one"):
         loomlm.gen("z", regex="a", json_schema={})

@@ -146,6 +146,7 @@ class TorchAttention(AttentionBackend):
         out = torch.empty_like(q)
         self._extend(q, k_cache, v_cache, out)
         for group in self._groups:  # a mixed batch's one-token rows
+            assert group.members is not None  # only a whole-batch group has none
             rows = paged_decode(
                 q.index_select(0, group.members),
                 k_cache,

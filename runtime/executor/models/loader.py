@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,7 +97,7 @@ def load_model(
     return model.eval()
 
 
-def _iter_checkpoint(model_dir: Path):
+def _iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from loomlm.runtime import Engine, GenerateOutput, SamplingParams, StreamChunk
+from loomlm.runtime import Engine, GenerateOutput, GenerateRequest, SamplingParams, StreamChunk
 
 from ..checkpoints import make_checkpoint
 from ..helpers import assert_pool_whole, prompts_of_lengths
@@ -250,7 +250,7 @@ def test_a_burst_arriving_over_milliseconds_is_prefilled_in_one_step(engine):
     time.sleep(0.1)  # the engine is idle
     steps_before = engine.stats()["num_steps"]
     for ids in prompts:
-        (spec,), _ = engine.prepare(input_ids=ids, sampling_params=params)
+        (spec,), _ = engine.prepare(GenerateRequest(input_ids=ids, sampling_params=params))
         engine.submit(spec, False, inbox.put)
         time.sleep(0.001)
     outs = [inbox.get(timeout=60) for _ in prompts]

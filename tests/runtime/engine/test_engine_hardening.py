@@ -12,6 +12,7 @@ from loomlm.runtime import (
     Engine,
     EngineDeadError,
     EngineOverloadedError,
+    GenerateRequest,
     RequestLimits,
     SamplingParams,
 )
@@ -200,7 +201,7 @@ def test_aborting_thirty_thousand_waiting_requests_is_quick():
     count = 30_000
     with Engine(limits=RequestLimits(max_queued_requests=count + 10)) as engine:
         specs, _ = engine.prepare(
-            input_ids=[[1, 5, 9]] * count, sampling_params={"max_new_tokens": 1}
+            GenerateRequest(input_ids=[[1, 5, 9]] * count, sampling_params={"max_new_tokens": 1})
         )
         finished = []
         engine.submit(specs, False, finished.append)
