@@ -20,6 +20,7 @@ from ..sampling.sampling_params import SamplingParams
 from ..scheduler.detokenizer import IncrementalDetokenizer
 from ..scheduler.request import LogprobRequest, Request
 from ..utils.checks import check_bool, shown
+from .outputs import Event
 from .request_limits import RequestLimits
 
 
@@ -299,7 +300,7 @@ class SpecBuilder:
 def make_request(
     spec: RequestSpec,
     stream: bool,
-    on_event: Callable[[Any], None],
+    on_event: Callable[[Event | BaseException], None],
     tokenizer: Any,
     eos_ids: frozenset[int],
     rng: random.Random,

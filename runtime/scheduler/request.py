@@ -6,12 +6,15 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..constrained.matcher import Matcher
 from ..kvcache.prefix_cache import PrefixMatch
 from ..sampling.sampling_params import SamplingParams
 from .detokenizer import IncrementalDetokenizer
+
+if TYPE_CHECKING:  # (outputs are built from requests: a runtime import would be a cycle)
+    from ..engine.outputs import Event
 
 
 class RequestStatus(enum.IntEnum):
@@ -97,7 +100,7 @@ class Request:
     eos_ids: frozenset[int]
     seed: int
     detokenizer: IncrementalDetokenizer | None
-    on_event: Callable[[Any], None]  # receives StreamChunk | GenerateOutput
+    on_event: Callable[[Event | BaseException], None]  # the consumer's events (or the error)
     logprob: LogprobRequest = field(default_factory=LogprobRequest)
     stream: bool = False
     matcher: Matcher | None = None  # the constraint's state, when the params carry one

@@ -78,39 +78,34 @@ def resolve(cls: type, options: dict[str, Any], field_name: str = "option") -> A
     """Build `cls` from flat keywords: each option by its own name (`schedule_policy=...`),
     or a whole group by the group's name (`scheduler=SchedulerConfig(...)`). An unknown
     name is a ValueError naming it and the nearest valid one."""
-    by_name = {leaf.name: leaf for leaf in leaves(cls)}
-    group_types = _all_groups(cls)
-    unknown = [k for k in options if k not in by_name and k not in group_types]
+    names = [leaf.name for leaf in leaves(cls)]
+    if len(set(names)) != len(names):  # flat keywords need every option's name to be unique
+        raise TypeError(f"{cls.__name__}: an option name is declared twice")
+    valid = sorted({*names, *_group_names(cls)})
+    unknown = [k for k in options if k not in valid]
     if unknown:
-        valid = sorted([*by_name, *group_types])
         hints = []
         for name in unknown:
             near = difflib.get_close_matches(name, valid, n=1)
             hints.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         raise ValueError(f"{field_name}: unknown {', '.join(hints)}")
-    return _build(cls, (), options, group_types)
+    return _build(cls, options)
 
 
-def _all_groups(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], type]]:
-    out: dict[str, tuple[tuple[str, ...], type]] = {}
+def _group_names(cls: type) -> set[str]:
+    found = set()
     for name, tp in groups(cls).items():
-        out[name] = ((*prefix, name), tp)
-        out.update(_all_groups(tp, (*prefix, name)))
-    return out
+        found |= {name, *_group_names(tp)}
+    return found
 
 
-def _build(
-    cls: type,
-    prefix: tuple[str, ...],
-    options: dict[str, Any],
-    group_types: dict[str, tuple[tuple[str, ...], type]],
-) -> Any:
+def _build(cls: type, options: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for name, tp in groups(cls).items():
         given = options.get(name)
         if given is not None and not isinstance(given, tp):
             raise ValueError(f"{name}: expected a {tp.__name__}, got {type(given).__name__}")
-        inner = _build(tp, (*prefix, name), options, group_types)
+        inner = _build(tp, options)
         if given is not None:
             overrides = {k: getattr(inner, k) for k in _set_fields(tp, options)}
             inner = dataclasses.replace(cast(Any, given), **overrides) if overrides else given

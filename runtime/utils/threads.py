@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TypeVar
 
 STACK_BYTES = 64 << 20
 _lock = threading.Lock()
@@ -38,12 +38,15 @@ def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-def threadsafe_put(q: asyncio.Queue[Any]) -> Callable[[Any], None]:
+T = TypeVar("T")
+
+
+def threadsafe_put(q: asyncio.Queue[T]) -> Callable[[T], None]:
     """A function any thread may call to put an item into `q`, which belongs to the running
     event loop (the engine thread hands events to asyncio consumers this way)."""
     loop = asyncio.get_running_loop()
 
-    def put(item: Any) -> None:
+    def put(item: T) -> None:
         loop.call_soon_threadsafe(q.put_nowait, item)
 
     return put
