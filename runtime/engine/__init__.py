@@ -1,0 +1,2 @@
+"""The engine's API: `Engine`, its config (`EngineConfig`), input building, the engine
+thread."""

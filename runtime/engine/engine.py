@@ -39,13 +39,8 @@ from ..scheduler.output_processor import OutputProcessor, TokenTimings
 from ..scheduler.scheduler import Scheduler
 from ..utils.threads import threadsafe_put
 from .config import EngineConfig
-from .inputs import (
-    Limits,
-    RequestSpec,
-    SpecBuilder,
-    make_request,
-    prompt_chars_bound,
-)
+from .input_checks import Limits, prompt_chars_bound
+from .inputs import RequestSpec, SpecBuilder, make_request
 from .loop import ArrivalWait, EngineLoop, raise_if_error
 from .outputs import Event, GenerateOutput, StreamChunk
 from .request_limits import RequestLimits

@@ -1,0 +1,1 @@
+"""Small helpers every subsystem uses: input checks, declared options, threads."""
