@@ -1,4 +1,5 @@
-"""Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load} --help`.
+"""Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels}
+--help`.
 
 With no sub-command (or only options) it runs `programs`, as it always has.
 """
@@ -19,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "constrained": ("constrained", "constrained decoding vs llguidance, xgrammar, outlines"),
     "serving": ("serving", "loomlm serve at several concurrencies vs the offline engine"),
     "load": ("load_test", "load test: concurrent streaming clients, outputs checked"),
+    "kernels": ("linear_kernels", "linear-layer kernels: weight-streaming speed vs the roofline"),
 }
 
 

@@ -30,6 +30,7 @@ from ..executor.attention.torch_backend import TorchAttention
 from ..executor.model_runner import ModelRunner
 from ..executor.models.config import ModelConfig
 from ..executor.models.loader import load_model, resolve_dtype, resolve_model_dir
+from ..executor.packed_linear import pack_linears
 from ..kvcache.kv_budget import kv_slots_for
 from ..kvcache.kv_pool import KVPool
 from ..kvcache.prefix_cache import NoPrefixCache
@@ -103,6 +104,9 @@ class Engine:
             else load_tokenizer(config.tokenizer or self.model_dir)
         )
         self.model = load_model(self.model_dir, model_config, self.dtype, self.device)
+        packed = pack_linears(self.model)  # CPU: weights in oneDNN's layout (packed_linear.py)
+        if packed:
+            logger.info("%d linear layers packed for oneDNN", packed)
 
         sched = config.scheduler
         slots = kv_slots_for(

@@ -1,0 +1,76 @@
+"""Linear layers with their weights reordered once, at load time, into oneDNN's blocked
+layout: how a CPU streams weights near memory bandwidth.
+
+`F.linear` on a plain row-major weight reads it at about half of what this kind of CPU
+streams. Measured on the benchmark model's 48 projections (2-core AMD EPYC, AVX-512, torch
+2.13; `sum` streams 26.5 GB/s): at batch 1, f32 12.1 GB/s plain against 20.8 GB/s packed,
+bf16 11.6 against 19.0; MKL's packed GEMM (`_mkl_linear`) reached 16.7 in f32 and fell
+behind plain from batch 8 on. Packed oneDNN weights were faster at every row count measured
+(1 to 512 rows: 0.8x the time for a 512-row prefill, 0.5x at 1-8 rows), with results within
+2.5e-6 of `F.linear` in f32 and identical in bf16. The packing hint is one row: decode is
+where weight streaming decides the step time.
+
+On a GPU, or a torch without oneDNN, or a dtype oneDNN does not take, layers stay as they
+are (`pack_linears` returns 0).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("loomlm.engine")
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class PackedLinear(nn.Module):
+    """`nn.Linear`'s forward over a weight packed for oneDNN. The packed weight is opaque (it
+    cannot be read back as a matrix), so the layer keeps no plain copy of it."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight = linear.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype in PACKED_DTYPES and torch.backends.mkldnn.is_available()
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace every `nn.Linear` of `model` (on CPU, in a packable dtype) by a PackedLinear
+    computing the same function; returns how many were packed."""
+    first = next(model.parameters(), None)
+    if first is None or not can_pack(first.device, first.dtype) or not _packing_works(first.dtype):
+        return 0
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, PackedLinear(child))
+                count += 1
+    return count
+
+
+def _packing_works(dtype: torch.dtype) -> bool:
+    """One small product, packed and plain: a oneDNN build that cannot run this dtype fails
+    here rather than under the first request."""
+    try:
+        weight = torch.randn(16, 8).to(dtype)
+        x = torch.randn(3, 8).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.allclose(got.float(), F.linear(x, weight).float(), atol=1e-2))
+    except (RuntimeError, NotImplementedError) as exc:
+        logger.warning("oneDNN weight packing unavailable for %s (%s); using F.linear", dtype, exc)
+        return False
