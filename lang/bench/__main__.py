@@ -1,5 +1,5 @@
-"""Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels}
---help`.
+"""Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels,
+steps} --help`.
 
 With no sub-command (or only options) it runs `programs`, as it always has.
 """
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "serving": ("serving", "loomlm serve at several concurrencies vs the offline engine"),
     "load": ("load_test", "load test: concurrent streaming clients, outputs checked"),
     "kernels": ("linear_kernels", "linear-layer kernels: weight-streaming speed vs the roofline"),
+    "steps": ("step_split", "where a decode step's time goes, at batch 1, 8 and 32"),
 }
 
 
