@@ -323,7 +323,7 @@ class Engine:
 
     # -- inspection and lifecycle ------------------------------------------------------------
     def stats(self) -> dict[str, int | float]:
-        """Counters since start (see engine_stats.read_stats for what each one counts)."""
+        """Counters since start (see engine/stats.py, read_stats, for what each one counts)."""
         in_flight = self._loop.num_in_flight
         stats: dict[str, int | float] = self._loop.call(lambda: read_stats(self, in_flight))
         return stats

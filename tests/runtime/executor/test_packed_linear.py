@@ -34,10 +34,17 @@ def test_pack_linears_replaces_every_linear_and_keeps_the_function():
     x = torch.randn(5, 32)
     with torch.inference_mode():
         want = model(x)
-        assert pack_linears(model) == 2
+        assert pack_linears(model, min_bytes=0) == 2
         got = model(x)
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@needs_onednn
+def test_only_layers_too_large_for_the_cache_are_packed():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(1024, 1024))
+    assert pack_linears(model) == 1  # 16 KB stays plain; 4 MiB is packed
+    assert isinstance(model[0], nn.Linear) and isinstance(model[1], PackedLinear)
 
 
 def test_nothing_is_packed_where_onednn_does_not_apply():
