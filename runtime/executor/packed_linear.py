@@ -63,15 +63,14 @@ def pack_linears(model: nn.Module, min_bytes: int = MIN_PACKED_BYTES) -> int:
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            weight_bytes = (
-                child.weight.numel() * child.weight.element_size()
-                if isinstance(child, nn.Linear)
-                else 0
-            )
-            if isinstance(child, nn.Linear) and weight_bytes >= min_bytes:
+            if isinstance(child, nn.Linear) and _weight_bytes(child) >= min_bytes:
                 setattr(parent, name, PackedLinear(child))
                 count += 1
     return count
+
+
+def _weight_bytes(linear: nn.Linear) -> int:
+    return linear.weight.numel() * linear.weight.element_size()
 
 
 def _packing_works(dtype: torch.dtype) -> bool:
