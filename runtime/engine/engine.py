@@ -219,8 +219,7 @@ class Engine:
         while len(by_rid) < len(specs):
             out = raise_if_error(inbox.get())
             by_rid[out.rid] = out
-        results = [by_rid[s.rid] for s in specs]
-        return results[0] if single and len(results) == 1 else results  # type: ignore[return-value]
+        return _in_call_order(specs, by_rid, single)
 
     def stream(
         self, prompt: PromptInput | None = None, sampling_params: ParamsInput = None, **fields: Any
@@ -264,8 +263,7 @@ class Engine:
             for spec in specs:
                 self.abort(spec.rid)
             raise
-        results = [by_rid[s.rid] for s in specs]
-        return results[0] if single and len(results) == 1 else results  # type: ignore[return-value]
+        return _in_call_order(specs, by_rid, single)
 
     async def async_stream(
         self, prompt: PromptInput | None = None, sampling_params: ParamsInput = None, **fields: Any
@@ -363,3 +361,14 @@ class Engine:
         loop = getattr(self, "_loop", None)
         if loop is not None and loop.alive:
             loop.stop()
+
+
+def _in_call_order(
+    specs: list[RequestSpec], by_rid: dict[str, Event], single: bool
+) -> GenerateOutput | list[GenerateOutput]:
+    """A call's outputs in the order of its specs (prompt-major); one output alone for a
+    single prompt with n == 1."""
+    results = [by_rid[s.rid] for s in specs]
+    outputs = [r for r in results if isinstance(r, GenerateOutput)]
+    assert len(outputs) == len(results)  # non-streaming requests end with their output
+    return outputs[0] if single and len(outputs) == 1 else outputs

@@ -31,6 +31,8 @@ logger = logging.getLogger("loomlm.engine")
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 MIN_PACKED_BYTES = 1 << 20
+# Looked up once: the op namespace's attribute lookup would otherwise run on every call.
+_PACKED_MATMUL = torch.ops.mkldnn._linear_pointwise
 
 
 class PackedLinear(nn.Module):
@@ -46,7 +48,7 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return _PACKED_MATMUL(x, self.packed, self.bias, "none", [], "")
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
