@@ -1,5 +1,5 @@
 """Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels,
-steps} --help`.
+steps,decode,attention} --help`.
 
 With no sub-command (or only options) it runs `programs`, as it always has.
 """
@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "load": ("load_test", "load test: concurrent streaming clients, outputs checked"),
     "kernels": ("linear_kernels", "linear-layer kernels: weight-streaming speed vs the roofline"),
     "steps": ("step_split", "where a decode step's time goes, at batch 1, 8 and 32"),
+    "decode": ("decode_sweep", "decode sweep: loomlm vs transformers, vLLM, llama.cpp, f32/bf16"),
+    "attention": ("attention_kernel", "decode attention over the paged pool vs memory bandwidth"),
 }
 
 

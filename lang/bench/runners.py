@@ -67,8 +67,16 @@ def run_transformers(model: object, work: Workload, batch_size: int) -> Timing:
     return Timing(time.perf_counter() - start, work.output_tokens, f"batch {batch_size}")
 
 
-def run_vllm(python: str, model_dir: Path, works: list[Workload], threads: int) -> list[Timing]:
-    """Run vLLM's offline LLM API in its own interpreter (its own virtualenv)."""
+def run_vllm(
+    python: str,
+    model_dir: Path,
+    works: list[Workload],
+    threads: int,
+    dtype: str = "float32",
+    runs: int = 1,
+) -> list[Timing]:
+    """Run vLLM's offline LLM API in its own interpreter (its own virtualenv). With `runs` > 1
+    each workload runs that many times in a row: one Timing per run, workload by workload."""
     worker = Path(__file__).with_name("vllm_worker.py")
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "spec.json"
@@ -77,8 +85,10 @@ def run_vllm(python: str, model_dir: Path, works: list[Workload], threads: int) 
                 {
                     "model": str(model_dir),
                     "threads": threads,
+                    "dtype": dtype,
                     "workloads": [
-                        {"prompts": w.prompts, "output_lens": w.output_lens} for w in works
+                        {"prompts": w.prompts, "output_lens": w.output_lens, "runs": runs}
+                        for w in works
                     ],
                 }
             )
@@ -99,7 +109,11 @@ def run_vllm(python: str, model_dir: Path, works: list[Workload], threads: int) 
         tail = (proc.stderr or proc.stdout)[-2000:]
         raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}):\n{tail}")
     results = json.loads(lines[-1][len("RESULT ") :])
-    return [Timing(r["seconds"], r["output_tokens"], f"vllm {r['version']}") for r in results]
+    return [
+        Timing(seconds, r["output_tokens"], f"vllm {r['version']}")
+        for r in results
+        for seconds in r.get("runs", [r["seconds"]])
+    ]
 
 
 def _env() -> dict[str, str]:

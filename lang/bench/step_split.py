@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="op by op, no compiled forward graph"
+    )
 
 
 def _timed(spent: dict[str, float], part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,20 +48,23 @@ def main(args: argparse.Namespace) -> None:
 
     engine = Engine(
         bench_model_dir(), dtype=args.dtype, device="cpu", skip_tokenizer_init=True,
-        max_total_tokens=64 * 1024,
+        max_total_tokens=64 * 1024, enforce_eager=args.enforce_eager,
     )  # fmt: skip
     spent: dict[str, float] = defaultdict(float)
     runner, sched, model = engine.runner, engine.scheduler, engine.model
+    mode = "compiled graph" if runner.model_step.compiled else "eager"
     sched.schedule = _timed(spent, "schedule", sched.schedule)
     sched.process = _timed(spent, "output processing", sched.process)
     runner._build_batch = _timed(spent, "inputs", runner._build_batch)
     runner.attention.prepare = _timed(spent, "inputs", runner.attention.prepare)
-    model.forward = _timed(spent, "forward", model.forward)
+    runner.model_step = _timed(spent, "forward", runner.model_step)
     model.logits = _timed(spent, "logits + sample", model.logits)
     runner.sampler = _timed(spent, "logits + sample", runner.sampler)
     new = args.new_tokens
     params = {"max_new_tokens": new, "min_new_tokens": new, "temperature": 0, "ignore_eos": True}
-    print(f"{args.dtype}, 128-token prompts, {new} new tokens; ms per step (share of the step)")
+    print(
+        f"{args.dtype}, {mode}, 128-token prompts, {new} new tokens; ms per step (share of the step)"
+    )
     print(
         f"{'batch':>5} {'tok/s':>7} {'step':>7}  "
         + "  ".join(f"{p:>20}" for p in PARTS)

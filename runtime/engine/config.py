@@ -36,6 +36,11 @@ class EngineConfig:
     )
     skip_tokenizer_init: bool = option(False, "token ids only: no text in, no text out")
     seed: int = option(0, "seeds the requests that give no seed", flags=("--random-seed",))
+    enforce_eager: bool = option(
+        False,
+        "run the model op by op: no compiled graph of the forward step (CPU compiles one by "
+        "default, at start-up, cached on disk across processes)",
+    )
     scheduler: SchedulerConfig = group(SchedulerConfig)
     cache: CacheConfig = group(CacheConfig)
     constraints: ConstraintConfig = group(ConstraintConfig)
@@ -47,6 +52,7 @@ class EngineConfig:
         if self.context_length is not None:
             check_int("context_length", self.context_length, low=2)
         check_bool("skip_tokenizer_init", self.skip_tokenizer_init)
+        check_bool("enforce_eager", self.enforce_eager)
         check_int("seed", self.seed, low=0)
 
     @classmethod

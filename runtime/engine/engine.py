@@ -133,8 +133,11 @@ class Engine:
             model_config.head_dim,
             model_config.sliding_window,
         )
-        attention.warm_up(self.device, self.dtype)
-        self.runner = ModelRunner(self.model, self.kv_pool, attention, self.device)
+        attention.warm_up(self.device)
+        self.runner = ModelRunner(
+            self.model, self.kv_pool, attention, self.device, config.enforce_eager
+        )
+        self.runner.warm_up()
         self.eos_ids = frozenset(model_config.eos_token_ids)
         self.grammars = None
         if self.tokenizer is not None:

@@ -11,6 +11,7 @@ from ..kvcache.kv_pool import KVPool
 from ..scheduler.request import Request
 from .attention.base import AttentionBackend
 from .forward_context import ForwardBatch, forward_scope
+from .model_step import ModelStep
 from .models.llama import LlamaForCausalLM
 from .sampler import Sampler, SamplingRow, TokenMasks
 
@@ -66,8 +67,10 @@ class ModelRunner:
         kv_pool: KVPool,
         attention: AttentionBackend,
         device: torch.device,
+        enforce_eager: bool = False,
     ) -> None:
         self.model = model
+        self.model_step = ModelStep(model, device, enforce_eager)
         self.kv_pool = kv_pool
         self.attention = attention
         self.device = device
@@ -79,7 +82,7 @@ class ModelRunner:
         batch = self._build_batch(items)
         self.attention.prepare(batch)
         with forward_scope(batch):
-            hidden = self.model(batch.input_ids, batch.positions)  # [T, hidden]
+            hidden = self.model_step(batch.input_ids, batch.positions)  # [T, hidden]
         # On a GPU the forward above is still running: the masks are filled meanwhile.
         masks = self._constraint_masks([i.req for i in items if i.sample])
 
@@ -124,6 +127,41 @@ class ModelRunner:
                 top_ids=out.top_ids,
             )
         return self._results(items, _to_host(step), prompt_spans, prompt_targets)
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compile the forward step before serving, on a scratch row of the pool."""
+        if not self.model_step.compiled:
+            return
+        row = self.kv_pool.alloc_row()
+        slots = self.kv_pool.alloc(3)
+        if row is None or slots is None:  # a pool too small for even this: compile later
+            return
+        try:
+            self.kv_pool.slot_table[row, :3] = slots.to(self.kv_pool.slot_table.device)
+
+            def run(tokens: int) -> None:
+                start = 3 - tokens  # 2 tokens at positions 1-2 over a prefix of 1, or 1 at 2
+                batch = ForwardBatch(
+                    input_ids=torch.zeros(tokens, dtype=torch.int64, device=self.device),
+                    positions=torch.arange(start, 3, device=self.device),
+                    out_slots=slots[start:].to(self.device),
+                    table_rows=[row],
+                    prefix_lens=[start],
+                    extend_lens=[tokens],
+                    seq_lens=[3],
+                    slot_table=self.kv_pool.slot_table,
+                    kv_pool=self.kv_pool,
+                    attention=self.attention,
+                )
+                self.attention.prepare(batch)
+                with forward_scope(batch):
+                    self.model_step(batch.input_ids, batch.positions)
+
+            self.model_step.warm_up(run)
+        finally:
+            self.kv_pool.free(slots)
+            self.kv_pool.free_row(row)
 
     def _constraint_masks(self, samplers: list[Request]) -> TokenMasks | None:
         """One packed bitmask row per constrained request, for the sampler to apply at once."""

@@ -31,8 +31,32 @@ logger = logging.getLogger("loomlm.engine")
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 MIN_PACKED_BYTES = 1 << 20
+_MKLDNN_MATMUL = torch.ops.mkldnn._linear_pointwise.default
+
+# The packed product as an op of our own. Inductor lowers oneDNN's op only for weights it
+# froze itself (it asserts the weight is a graph constant), so inside a compiled graph the
+# product must be an opaque call; ~3 us of Python dispatch on a ~20 us call.
+_lib = torch.library.Library("loomlm", "FRAGMENT")
+_lib.define("packed_linear(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor")
+
+
+def _packed_linear(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return _MKLDNN_MATMUL(x, packed, bias, "none", [], "")
+
+
+def _packed_linear_shape(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+# The packed weight is an MKLDNN tensor: a CPU-only registration would not be found for it.
+_lib.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
+_lib.impl("packed_linear", _packed_linear_shape, "Meta")
 # Looked up once: the op namespace's attribute lookup would otherwise run on every call.
-_PACKED_MATMUL = torch.ops.mkldnn._linear_pointwise
+_PACKED_MATMUL = torch.ops.loomlm.packed_linear.default
 
 
 class PackedLinear(nn.Module):
@@ -48,17 +72,19 @@ class PackedLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _PACKED_MATMUL(x, self.packed, self.bias, "none", [], "")
+        return _PACKED_MATMUL(x, self.packed, self.bias, self.out_features)
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype in PACKED_DTYPES and torch.backends.mkldnn.is_available()
 
 
-def pack_linears(model: nn.Module, min_bytes: int = MIN_PACKED_BYTES) -> int:
+def pack_linears(model: nn.Module, min_bytes: int | None = None) -> int:
     """Replace every `nn.Linear` of `model` (on CPU, in a packable dtype) whose weight has at
-    least `min_bytes` by a PackedLinear computing the same function; returns how many were
-    packed."""
+    least `min_bytes` (default MIN_PACKED_BYTES) by a PackedLinear computing the same
+    function; returns how many were packed."""
+    if min_bytes is None:
+        min_bytes = MIN_PACKED_BYTES
     first = next(model.parameters(), None)
     if first is None or not can_pack(first.device, first.dtype) or not _packing_works(first.dtype):
         return 0

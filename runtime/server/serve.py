@@ -107,20 +107,24 @@ def run_server(engine: Engine, args: ServerArgs) -> int:
     return 1 if server.engine_died else 0
 
 
-def settle_process(engine: Engine, cpu_threads: int | None) -> None:
-    """Process-wide settings for serving, once the engine is loaded.
+def set_model_threads(device: str | None, cpu_threads: int | None) -> None:
+    """On CPU, the model's intra-op threads leave one core to the HTTP event loop: with a
+    thread per core, every parallel op waited for a worker the event loop had displaced, and
+    steps took 10-30x longer while requests arrived (a canary's latency under 200 heavy
+    requests went from 0.64 s to 1.5-4 s on 2 cores).
 
-    - On CPU, the model's intra-op threads leave one core to the HTTP event loop: with a
-      thread per core, every parallel op waited for a worker the event loop had displaced,
-      and steps took 10-30x longer while requests arrived (a canary's latency under 200
-      heavy requests went from 0.64 s to 1.5-4 s on 2 cores).
-    - The objects alive after loading (the model, the libraries: ~500k of them) are moved
-      out of the garbage collector's reach: a full collection scanning them paused every
-      thread for up to 2.8 s under load.
-    """
-    if engine.device.type == "cpu":
+    Set before the engine is built: the compiled forward graph fixes its thread count when
+    it is compiled, so a change afterwards would reach the matrix products but not it."""
+    on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if on_cpu:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(cpu_threads or max(1, (cores or 1) - 1))
+
+
+def settle_process() -> None:
+    """Once the engine is loaded, the objects alive (the model, the libraries: ~500k of them)
+    are moved out of the garbage collector's reach: a full collection scanning them paused
+    every thread for up to 2.8 s under load."""
     gc.collect()
     gc.freeze()
 
@@ -128,8 +132,9 @@ def settle_process(engine: Engine, cpu_threads: int | None) -> None:
 def serve(args: ServerArgs) -> None:
     """Load the engine, serve, then stop everything; exits 1 if the engine died."""
     configure_logging(args.log_level)
+    set_model_threads(args.engine.device, args.cpu_threads)
     engine = Engine.from_config(args.engine)
-    settle_process(engine, args.cpu_threads)
+    settle_process()
     logger.info("model threads: %d", torch.get_num_threads())
     try:
         status = run_server(engine, args)

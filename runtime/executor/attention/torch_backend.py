@@ -1,11 +1,13 @@
 """Reference attention over the paged pool with torch's scaled_dot_product_attention.
 
-Runs on CPU and GPU alike. One-token rows (decodes) run batched attention over padded slot
-blocks (`paged_decode`), also in steps that mix them with prompt chunks. When the padded block
-is large, requests are grouped by context length so that each group is padded only to its own
-longest (bounded waste) at the price of one call per group; small blocks stay whole, as calls
-cost more. Prompt extends attend request by request, with the causal mask shifted by each
-request's cached prefix.
+Runs on CPU and GPU alike. One-token rows (decodes) run batched attention over the pool
+(`paged_decode`), also in steps that mix them with prompt chunks; its metadata (slot rows,
+visible ranges) is built once per step in `prepare`, never per layer. On CPU the C++ kernel
+reads only each request's own positions, so the batch is one call. The portable reference
+gathers a padded block instead: there, when the block is large, requests are grouped by
+context length so that each group is padded only to its own longest (bounded waste) at the
+price of one call per group. Prompt extends attend request by request, with the causal mask
+shifted by each request's cached prefix.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import torch.nn.functional as F
 
 from ..forward_context import ForwardBatch
 from .base import AttentionBackend
-from .paged_decode import LARGE_GATHER_BYTES, paged_decode
-from .paged_decode import warm_up as paged_decode_warm_up
+from .paged_decode import kernel_available, paged_decode
 
+# Below this many bytes of gathered keys the reference path does not split a batch into
+# groups: moving the padding is cheaper than another call.
+LARGE_GATHER_BYTES = 2 << 20
 # A decode group admits a request while its context is at most this multiple of the
 # group's shortest: padding then wastes under 30% of the gathered keys.
 GROUP_LENGTH_RATIO = 1.3
@@ -37,6 +41,7 @@ class _Extend(NamedTuple):
     start: int  # first row of this request's queries in the flattened batch
     end: int
     context_slots: torch.Tensor  # [S] slots of the whole context, in token order
+    first_slot: int | None  # when those slots are one run first_slot.. in order: read in place
     mask: torch.Tensor | None  # [E, S] bool, None when plain top-left causal suffices
     is_causal: bool
 
@@ -53,11 +58,11 @@ class TorchAttention(AttentionBackend):
         self._groups: list[_DecodeGroup] = []
         self._restore: torch.Tensor | None = None  # undoes the grouping's reordering
         self._extends: list[_Extend] = []
+        self._kernel = False  # the C++ decode kernel runs: no grouping needed
 
-    def warm_up(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Build the compiled decode kernels before serving (CPU only; GPU runs eager)."""
-        if device.type == "cpu":
-            paged_decode_warm_up(self.num_heads, self.num_kv_heads, self.head_dim, dtype)
+    def warm_up(self, device: torch.device) -> None:
+        """Build (or load) the C++ decode kernel now, not under the first request."""
+        self._kernel = kernel_available(device)
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []
@@ -81,7 +86,8 @@ class TorchAttention(AttentionBackend):
         pool = batch.kv_pool.k
         key_bytes = pool.shape[2] * pool.shape[3] * pool.element_size()
         members: list[list[int]] = [list(range(len(lens)))]  # positions in `picks`
-        if len(lens) * max(lens) * key_bytes >= LARGE_GATHER_BYTES:  # padding is worth saving
+        padded_bytes = len(lens) * max(lens) * key_bytes
+        if not self._kernel and padded_bytes >= LARGE_GATHER_BYTES:  # padding is worth saving
             members = []
             for i in sorted(range(len(lens)), key=lens.__getitem__):
                 if members and lens[i] <= GROUP_LENGTH_RATIO * lens[members[-1][0]]:
@@ -117,7 +123,14 @@ class TorchAttention(AttentionBackend):
         for i in picks:
             row, prefix = batch.table_rows[i], batch.prefix_lens[i]
             extend, seq = batch.extend_lens[i], batch.seq_lens[i]
-            slots = batch.slot_table[row, :seq].to(device)
+            host_slots = batch.slot_table[row, :seq]
+            slots = host_slots.to(device)
+            # A context whose slots are one ascending run (a request the pool served from one
+            # free run, the usual case) is a slice of the pool: attention reads it in place
+            # instead of gathering a copy for every chunk and layer.
+            first_slot: int | None = int(host_slots[0])
+            if seq > 1 and not bool((host_slots.diff() == 1).all()):
+                first_slot = None
             mask = None
             is_causal = True
             if self.sliding_window is not None or prefix > 0:
@@ -127,7 +140,9 @@ class TorchAttention(AttentionBackend):
                 if self.sliding_window is not None:
                     allowed &= k_pos > q_pos - self.sliding_window
                 mask, is_causal = allowed.to(device), False
-            self._extends.append(_Extend(offsets[i], offsets[i] + extend, slots, mask, is_causal))
+            self._extends.append(
+                _Extend(offsets[i], offsets[i] + extend, slots, first_slot, mask, is_causal)
+            )
 
     def forward(
         self,
@@ -177,8 +192,13 @@ class TorchAttention(AttentionBackend):
     ) -> None:
         gqa = self.num_heads != self.num_kv_heads
         for ext in self._extends:
-            keys = k_cache.index_select(0, ext.context_slots).transpose(0, 1)  # [Hkv, S, D]
-            values = v_cache.index_select(0, ext.context_slots).transpose(0, 1)
+            if ext.first_slot is not None:
+                span = slice(ext.first_slot, ext.first_slot + ext.context_slots.shape[0])
+                keys, values = k_cache[span], v_cache[span]  # views of the pool
+            else:
+                keys = k_cache.index_select(0, ext.context_slots)
+                values = v_cache.index_select(0, ext.context_slots)
+            keys, values = keys.transpose(0, 1), values.transpose(0, 1)  # [Hkv, S, D]
             queries = q[ext.start : ext.end].transpose(0, 1)  # [H, E, D]
             res = F.scaled_dot_product_attention(
                 queries.unsqueeze(0),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import forward_context
+from ..attention.op import attention
 from .config import ModelConfig
 from .rope import RotaryEmbedding
 
@@ -49,7 +49,6 @@ class Attention(nn.Module):
         self.rotary = rotary
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        batch = forward_context.current()
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
@@ -58,7 +57,7 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
-        out = batch.attention.forward(self.layer_id, q, k, v, batch)  # [T, H, D]
+        out = attention(q, k, v, self.layer_id)  # [T, H, D]; reads and writes the pool
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

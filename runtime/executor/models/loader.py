@@ -73,7 +73,7 @@ def load_model(
         model = LlamaForCausalLM(config).to(dtype)
     # Materialise uninitialised storage: every parameter is overwritten from the checkpoint.
     model = model.to_empty(device=device)
-    model.rotary.to(device)
+    model.rotary.to(device, dtype)
     params = dict(model.named_parameters())
     filled: set[str] = set()
     for name, tensor in _iter_checkpoint(model_dir):

@@ -45,22 +45,19 @@ class RotaryEmbedding:
             emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
             self.cos = emb.cos()
             self.sin = emb.sin()
-        self._cast: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def to(self, device: torch.device | str) -> RotaryEmbedding:
-        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
-        self._cast.clear()
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> RotaryEmbedding:
+        """Move the tables, and cast them to the model's dtype once (computed in float32 and
+        cast, as transformers does per call). A compiled forward then reads them as they are."""
+        self.cos, self.sin = self.cos.to(device, dtype), self.sin.to(device, dtype)
         return self
 
     def __call__(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # q: [T, H, D], k: [T, Hkv, D]; cos/sin: [T, 1, D]
-        if q.dtype not in self._cast:
-            self._cast[q.dtype] = (self.cos.to(q.dtype), self.sin.to(q.dtype))
-        cos_table, sin_table = self._cast[q.dtype]
-        cos = cos_table[positions].unsqueeze(1)
-        sin = sin_table[positions].unsqueeze(1)
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # no-op in the model's own dtype
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return _apply(q, cos, sin), _apply(k, cos, sin)
 
 

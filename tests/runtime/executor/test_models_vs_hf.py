@@ -162,14 +162,16 @@ def test_float32_engine_over_bfloat16_checkpoint(tmp_path):
     engine.shutdown()
 
 
-def test_greedy_matches_through_grouped_compiled_decode(variant, monkeypatch):
-    """Tiny models never reach the large-gather paths on their own: force the length
-    grouping and the compiled decode kernel, and compare with transformers again."""
+def test_greedy_matches_through_the_grouped_reference_decode(variant, monkeypatch):
+    """Where the C++ kernel is not used (GPU, no compiler), decodes gather padded blocks,
+    grouped by length when large. Tiny models never reach that on their own: force the
+    reference path and the grouping, and compare with transformers again."""
     from loomlm.runtime.executor.attention import paged_decode, torch_backend
 
-    monkeypatch.setattr(torch_backend, "LARGE_GATHER_BYTES", 0)
-    monkeypatch.setattr(paged_decode, "LARGE_GATHER_BYTES", 0)
     _, _, hf, engine = variant
+    monkeypatch.setattr(torch_backend, "LARGE_GATHER_BYTES", 0)
+    monkeypatch.setattr(paged_decode, "kernel_available", lambda device: False)
+    monkeypatch.setattr(engine.runner.attention, "_kernel", False)
     prompts = prompts_of_lengths([3, 60, 9, 33, 17, 48, 2, 25], 512, seed=8)
     outs = engine.generate(input_ids=prompts, sampling_params=GREEDY_32)
     for ids, out in zip(prompts, outs):

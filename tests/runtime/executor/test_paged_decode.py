@@ -1,35 +1,81 @@
-"""The compiled decode-attention kernel against its eager reference (gather + SDPA)."""
+"""The C++ decode-attention kernel against its reference (gather into a padded block + SDPA)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from loomlm.runtime.executor.attention import paged_decode as pd
 from loomlm.runtime.executor.attention.paged_decode import (
+    kernel_available,
     paged_decode,
-    paged_decode_compiled,
     paged_decode_reference,
 )
 
+needs_kernel = pytest.mark.skipif(
+    not kernel_available(torch.device("cpu")), reason="the C++ CPU kernels did not build"
+)
 
-@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (8, 2)])
+
+def _case(heads, kv_heads, dim, lens, window, dtype, seed, contiguous=False):
+    g = torch.Generator().manual_seed(seed)
+    longest = max(lens)
+    total = len(lens) * longest + 50
+    k_cache = torch.randn(total, kv_heads, dim, generator=g).to(dtype)
+    v_cache = torch.randn(total, kv_heads, dim, generator=g).to(dtype)
+    order = torch.arange(total) if contiguous else torch.randperm(total, generator=g)
+    slots = order[: len(lens) * longest].view(len(lens), longest).contiguous()
+    hi = torch.tensor(lens)
+    lo = torch.zeros_like(hi) if window is None else (hi - window).clamp(min=0)
+    q = torch.randn(len(lens), heads, dim, generator=g).to(dtype)
+    return q, k_cache, v_cache, slots, lo, hi
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (8, 2), (6, 1)])
 @pytest.mark.parametrize("window", [None, 5])
-def test_compiled_matches_reference(heads, kv_heads, window):
-    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
-    slots_total, dim = 300, 16
-    k_cache = torch.randn(slots_total, kv_heads, dim, generator=g)
-    v_cache = torch.randn(slots_total, kv_heads, dim, generator=g)
-    lens = torch.tensor([1, 7, 23, 40])
-    slots = torch.randperm(slots_total, generator=g)[: 4 * 40].view(4, 40)
-    lo = torch.zeros_like(lens) if window is None else (lens - window).clamp(min=0)
-    q = torch.randn(4, heads, dim, generator=g)
-    ours = paged_decode_compiled(q, k_cache, v_cache, slots, lo, lens, 0.25)
-    ref = paged_decode_reference(q, k_cache, v_cache, slots, lo, lens, 0.25)
-    assert ours.shape == (4, heads, dim)
+@pytest.mark.parametrize("chunk", [3, 256])  # splits every context into chunks, or none
+def test_kernel_matches_reference(heads, kv_heads, window, chunk, monkeypatch):
+    monkeypatch.setattr(pd, "DECODE_CHUNK", chunk)
+    q, k_cache, v_cache, slots, lo, hi = _case(
+        heads, kv_heads, 64, [1, 7, 23, 40], window, torch.float32, seed=heads + kv_heads
+    )
+    ours = paged_decode(q, k_cache, v_cache, slots, lo, hi, 0.25)
+    ref = paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, 0.25)
+    assert ours.shape == (4, heads, 64)
     assert torch.allclose(ours, ref, atol=1e-5)
-    # Changing a key outside a request's visible range must not change its output.
+    # Keys outside a request's visible range (padding, or before the window) are never read.
     k_cache[slots[0, 1]] += 100.0
-    again = paged_decode_compiled(q, k_cache, v_cache, slots, lo, lens, 0.25)
+    if window is not None:
+        k_cache[slots[3, 0]] += 100.0
+    again = paged_decode(q, k_cache, v_cache, slots, lo, hi, 0.25)
     assert torch.allclose(again[0], ours[0], atol=1e-6)
+    assert torch.allclose(again[3], ours[3], atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("dim", [16, 80, 128])
+def test_kernel_half_precision_and_head_sizes(dtype, atol, dim):
+    q, k_cache, v_cache, slots, lo, hi = _case(8, 4, dim, [300, 5, 130], None, dtype, seed=dim)
+    ours = paged_decode(q, k_cache, v_cache, slots, lo, hi, dim**-0.5)
+    ref = paged_decode_reference(
+        q.float(), k_cache.float(), v_cache.float(), slots, lo, hi, dim**-0.5
+    )
+    assert ours.dtype == dtype
+    assert (ours.float() - ref).abs().max().item() <= atol
+
+
+@needs_kernel
+def test_kernel_refuses_what_it_was_not_built_for_and_the_wrapper_falls_back():
+    q, k_cache, v_cache, slots, lo, hi = _case(2, 2, 48, [4], None, torch.float32, seed=0)
+    with pytest.raises(RuntimeError, match="head_dim 48"):
+        torch.ops.loomlm_cpu.paged_decode(q, k_cache, v_cache, slots, lo, hi, 1.0, 256)
+    assert torch.equal(
+        paged_decode(q, k_cache, v_cache, slots, lo, hi, 1.0),
+        paged_decode_reference(q, k_cache, v_cache, slots, lo, hi, 1.0),
+    )
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        torch.ops.loomlm_cpu.paged_decode(q.double(), k_cache, v_cache, slots, lo, hi, 1.0, 256)
 
 
 def test_shape_checks():
@@ -43,17 +89,3 @@ def test_shape_checks():
             torch.ones(1, dtype=torch.int64),
             1.0,
         )
-
-
-def test_dispatch_uses_the_reference_for_small_gathers_and_agrees_on_large():
-    g = torch.Generator().manual_seed(1)
-    k_cache = torch.randn(9000, 4, 64, generator=g)
-    v_cache = torch.randn(9000, 4, 64, generator=g)
-    q = torch.randn(8, 4, 64, generator=g)
-    slots = torch.randperm(9000, generator=g)[: 8 * 1000].view(8, 1000)  # 8 MB of keys
-    lens = torch.tensor([1000, 990, 700, 999, 800, 1000, 512, 640])
-    lo = torch.zeros_like(lens)
-    big = paged_decode(q, k_cache, v_cache, slots, lo, lens, 0.125)
-    assert torch.allclose(
-        big, paged_decode_reference(q, k_cache, v_cache, slots, lo, lens, 0.125), atol=1e-5
-    )

@@ -1,0 +1,73 @@
+"""The model's forward step as one compiled graph (CPU), or op by op.
+
+On CPU the whole forward — embedding, every layer's norms, RoPE, SiLU-mul and residual adds,
+the final norm — is compiled by torch inductor into fused C++ loops around the opaque calls
+it cannot fuse (the packed matrix products and attention, see packed_linear.py and
+attention/op.py). The number of tokens is the graph's one dynamic size, so a single graph
+serves every batch of two or more tokens without padding,  including single-token steps (the size is
+marked unbacked, so it is not specialised for 1: one compile, not two); it is compiled in
+`warm_up`, before serving. Inductor
+caches compiled graphs on disk, so a later process on the same machine loads them instead
+of compiling again.
+
+Elsewhere (GPU: issue "GPU executor"; `enforce_eager`; LOOMLM_ENFORCE_EAGER=1, which the
+test suite sets so that only the tests of the compiled path pay for compiling;
+LOOMLM_DISABLE_COMPILE=1), or when compiling fails (no C++ compiler), the step runs op by op,
+with one warning for a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch._dynamo.decorators import mark_unbacked
+
+from .cpu_kernels import build
+from .models.llama import LlamaForCausalLM
+
+logger = logging.getLogger("loomlm.engine")
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ModelStep:
+    """`step(input_ids, positions) -> hidden`, compiled where that is possible."""
+
+    def __init__(self, model: LlamaForCausalLM, device: torch.device, enforce_eager: bool):
+        self.model = model
+        self._eager: Forward = model.forward
+        self._compiled: Forward | None = None
+        enforce_eager = enforce_eager or os.environ.get("LOOMLM_ENFORCE_EAGER", "") not in ("", "0")
+        if device.type == "cpu" and not enforce_eager and not build.disabled():
+            self._compiled = torch.compile(model.forward, dynamic=True)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            mark_unbacked(input_ids, 0)
+            mark_unbacked(positions, 0)
+            return self._compiled(input_ids, positions)
+        return self._eager(input_ids, positions)
+
+    def warm_up(self, run: Callable[[int], None]) -> None:
+        """Compile the graphs now: `run(n)` runs one forward of n tokens through this step.
+        A compile error (no C++ compiler, an unsupported op) switches to the eager path."""
+        if self._compiled is None:
+            return
+        start = time.perf_counter()
+        logger.info("compiling the forward step (a first start on a machine takes ~30 s)")
+        try:
+            for tokens in (2, 1):  # one graph; the second call checks that it serves both
+                run(tokens)
+        except Exception as exc:  # inductor's errors have no common base class
+            logger.warning("compiled forward unavailable, running op by op: %s", exc)
+            self._compiled = None
+            return
+        logger.info("forward step compiled in %.1f s", time.perf_counter() - start)

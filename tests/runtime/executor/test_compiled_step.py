@@ -1,0 +1,99 @@
+"""The forward step as one compiled graph (CPU): equal to transformers, compiled once at
+start-up and never again while serving, and an eager fallback when there is no compiler."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from loomlm.runtime import Engine, SamplingParams
+from loomlm.runtime.executor import packed_linear
+
+from ..checkpoints import hf_model, make_checkpoint
+from ..helpers import assert_pool_whole, hf_greedy, hf_logits, our_prompt_logits, prompts_of_lengths
+
+GREEDY_24 = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+
+
+def _compiles() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize(
+    "name, packed",
+    [("llama", True), ("qwen3", False)],  # packed oneDNN products in the graph, or plain ones
+)
+def test_compiled_step_matches_transformers_and_compiles_only_at_start(
+    name, packed, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("LOOMLM_ENFORCE_EAGER", raising=False)
+    if packed:  # the tiny model's layers are far below the size that is packed for speed
+        monkeypatch.setattr(packed_linear, "MIN_PACKED_BYTES", 0)
+    path = make_checkpoint(tmp_path, name)
+    engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=2048)
+    try:
+        assert engine.runner.model_step.compiled
+        if packed:
+            assert isinstance(engine.model.layers[0].mlp.down_proj, packed_linear.PackedLinear)
+        compiled_at_start = _compiles()
+        hf = hf_model(path)
+        ids = prompts_of_lengths([40], 512)[0]
+        assert (our_prompt_logits(engine, ids) - hf_logits(hf, ids)).abs().max().item() <= 1e-4
+        # batches of 1, 5 and 9 requests: decode steps of every size, prefill chunks, mixes
+        for lengths in ([12], [3, 50, 9, 31, 17], [5, 8, 60, 2, 33, 41, 7, 19, 26]):
+            prompts = prompts_of_lengths(lengths, 512, seed=len(lengths))
+            outs = engine.generate(input_ids=prompts, sampling_params=GREEDY_24)
+            for prompt, out in zip(prompts, outs):
+                assert out.output_ids == hf_greedy(hf, prompt, 24)
+        assert _compiles() == compiled_at_start, "serving compiled a new graph"
+        assert_pool_whole(engine)
+    finally:
+        engine.shutdown()
+
+
+def test_without_a_compiler_the_engine_warns_once_and_runs_eagerly(tmp_path):
+    """No C++ compiler (CXX points at one that always fails, and nothing is cached yet):
+    the engine still starts, says why once per part, and generates what the eager path does."""
+    path = make_checkpoint(tmp_path, "llama")
+    script = textwrap.dedent(
+        f"""
+        import logging, warnings
+        logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+        from loomlm.runtime import Engine
+        engine = Engine({str(path)!r}, skip_tokenizer_init=True, max_total_tokens=512)
+        params = {{"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}}
+        print("COMPILED", engine.runner.model_step.compiled)
+        print("IDS", engine.generate(input_ids=[5, 6, 7, 8], sampling_params=params).output_ids)
+        engine.shutdown()
+        """
+    )
+    env = {
+        **os.environ,
+        "CXX": "/bin/false",
+        "CC": "/bin/false",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"),
+    }
+    env.pop("LOOMLM_ENFORCE_EAGER", None)
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "COMPILED False" in run.stdout
+    warnings = [line for line in run.stderr.splitlines() if "unavailable" in line]
+    assert len(warnings) == 2, run.stderr[-3000:]  # the C++ kernels, the compiled graph
+    ids = eval(run.stdout.split("IDS ", 1)[1].strip())  # a printed list of ints
+    eager = Engine(path, skip_tokenizer_init=True, max_total_tokens=512, enforce_eager=True)
+    try:
+        params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+        assert ids == eager.generate(input_ids=[5, 6, 7, 8], sampling_params=params).output_ids
+        assert ids == hf_greedy(hf_model(path), [5, 6, 7, 8], 8)
+    finally:
+        eager.shutdown()
+    assert torch.get_num_threads() >= 1
