@@ -51,8 +51,13 @@ def _build() -> bool:
             # sums lets the compiler vectorise the dot products (2.5x on the benchmark
             # machine); unlike -ffast-math it keeps infinities, which the softmax relies on.
             extra_cflags=[
-                "-O3", "-march=native", "-fopenmp", "-fassociative-math", "-fno-signed-zeros",
-                "-fno-trapping-math", "-fno-math-errno",
+                "-O3",
+                "-march=native",
+                "-fopenmp",
+                "-fassociative-math",
+                "-fno-signed-zeros",
+                "-fno-trapping-math",
+                "-fno-math-errno",
             ],  # fmt: skip
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
