@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch._dynamo.config as dynamo_config
 
 from .cpu_kernels import build
 from .models.llama import LlamaForCausalLM
@@ -43,6 +44,10 @@ class ModelStep:
         self._compiled: Forward | None = None
         enforce_eager = enforce_eager or os.environ.get("LOOMLM_ENFORCE_EAGER", "") not in ("", "0")
         if device.type == "cpu" and not enforce_eager and not build.disabled():
+            # Engines of one model shape share the graphs (weights are graph inputs), but each
+            # new shape or dtype adds two for the same function: torch's default limit of 8
+            # would quietly turn the fifth such engine of a notebook session eager.
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             self._compiled = torch.compile(model.forward, dynamic=True)
 
     @property

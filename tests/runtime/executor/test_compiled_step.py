@@ -97,3 +97,35 @@ def test_without_a_compiler_the_engine_warns_once_and_runs_eagerly(tmp_path):
     finally:
         eager.shutdown()
     assert torch.get_num_threads() >= 1
+
+
+def test_a_second_engine_in_the_process_computes_with_its_own_weights(tmp_path, monkeypatch):
+    """Engines of one shape share the compiled graphs (parameters, packed weights included,
+    are graph inputs, not constants): the second must run on its own weights, not the first's."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.delenv("LOOMLM_ENFORCE_EAGER", raising=False)
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_BYTES", 0)
+    first_path = make_checkpoint(tmp_path, "llama")
+    second_path = tmp_path / "llama-other-weights"
+    shutil.copytree(first_path, second_path)
+    weights = load_file(second_path / "model.safetensors")
+    g = torch.Generator().manual_seed(5)
+    save_file(
+        {
+            k: torch.randn(v.shape, generator=g) * 0.08 if v.dim() > 1 else v
+            for k, v in weights.items()
+        },
+        second_path / "model.safetensors",
+    )
+    prompt = prompts_of_lengths([10], 512, seed=11)[0]
+    for path in (first_path, second_path):
+        engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=512)
+        try:
+            assert engine.runner.model_step.compiled
+            out = engine.generate(input_ids=prompt, sampling_params=GREEDY_24).output_ids
+            assert out == hf_greedy(hf_model(path), prompt, 24)
+        finally:
+            engine.shutdown()
