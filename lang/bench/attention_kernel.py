@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
         paged_decode_reference,
     )
 
-    if not kernel_available(torch.device("cpu")):
+    if not kernel_available(torch.device("cpu"), HEAD_DIM):
         raise SystemExit("the C++ CPU kernels did not build on this machine")
     data = torch.ones(128 << 20)
     stream = data.numel() * 4 / _seconds(data.sum, repeat=5) / 1e9

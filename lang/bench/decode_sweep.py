@@ -23,6 +23,8 @@ logged for every measurement.
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import random
 import statistics
 import subprocess
@@ -227,19 +229,11 @@ def run_llama_cpp(
         "csv",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    header, *lines = [ln for ln in out.splitlines() if ln.startswith('"') or ln.startswith("build")]
-    names = [h.strip('"') for h in header.split(",")]
-    values = next(csv_row for csv_row in _csv(lines))
-    prefill = float(values[names.index("avg_ts")])
+    table = out[out.index("build_commit") :]  # the CSV: a header line, then one row per test
+    prefill = float(next(csv.DictReader(table.splitlines()))["avg_ts"])
     load = machine_load.foreign_cores(before, machine_load.sample())
     rows = [r._replace(load=load) for r in rows]
     return rows + [Row("llama.cpp", dtype, 0, None, None, None, prefill=prefill, load=load)]
-
-
-def _csv(lines: list[str]) -> list[list[str]]:
-    import csv
-
-    return list(csv.reader(lines))
 
 
 def weight_roofline(model_dir: Path, dtype: str) -> tuple[float, float]:
@@ -252,7 +246,7 @@ def weight_roofline(model_dir: Path, dtype: str) -> tuple[float, float]:
     with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
         for name in f.keys():
             if "embed_tokens" not in name:  # a decode step reads B rows of it, not all
-                total += _numel(f.get_slice(name).get_shape())
+                total += math.prod(f.get_slice(name).get_shape())
     data = torch.ones(128 << 20)  # 512 MB
     rates = []
     for _ in range(7):
@@ -261,13 +255,6 @@ def weight_roofline(model_dir: Path, dtype: str) -> tuple[float, float]:
         rates.append(data.numel() * 4 / (time.perf_counter() - start) / 1e9)
     # the median: single sums on this kind of VM range from 25 to 50 GB/s
     return statistics.median(rates), float(total * elem)
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def main(args: argparse.Namespace) -> None:

@@ -49,9 +49,9 @@ def paged_decode_reference(
     return out.squeeze(2)
 
 
-def kernel_available(device: torch.device) -> bool:
-    """Whether `paged_decode` runs the C++ kernel for tensors on `device`."""
-    return device.type == "cpu" and build.load()
+def kernel_available(device: torch.device, head_dim: int) -> bool:
+    """Whether `paged_decode` runs the C++ kernel for heads of `head_dim` on `device`."""
+    return head_dim in KERNEL_HEAD_DIMS and device.type == "cpu" and build.load()
 
 
 def paged_decode(
@@ -68,7 +68,7 @@ def paged_decode(
     assert q.shape[0] == slots.shape[0] == lo.shape[0] == hi.shape[0], "batch sizes differ"
     assert q.shape[1] % k_cache.shape[1] == 0 and q.shape[2] == k_cache.shape[2], "bad heads"
     assert slots.dtype == torch.int64, "slots must be int64"
-    if q.shape[2] in KERNEL_HEAD_DIMS and kernel_available(q.device):
+    if kernel_available(q.device, q.shape[2]):
         return torch.ops.loomlm_cpu.paged_decode(
             q.contiguous(), k_cache, v_cache, slots, lo, hi, scale, DECODE_CHUNK
         )

@@ -62,7 +62,7 @@ class TorchAttention(AttentionBackend):
 
     def warm_up(self, device: torch.device) -> None:
         """Build (or load) the C++ decode kernel now, not under the first request."""
-        self._kernel = kernel_available(device)
+        self._kernel = kernel_available(device, self.head_dim)
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
-
-import torch
 
 logger = logging.getLogger("loomlm.kernels")
 
@@ -38,9 +37,17 @@ def load() -> bool:
     return _loaded
 
 
+def compiler_present() -> bool:
+    """Whether a C++ compiler is on the PATH (`CXX`, else `c++`, as torch's builder looks)."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
 def _build() -> bool:
     from torch.utils import cpp_extension
 
+    if not compiler_present():
+        logger.warning("C++ CPU kernels unavailable: no C++ compiler (CXX, or c++ on the PATH)")
+        return False
     start = time.perf_counter()
     logger.info("loading the C++ CPU kernels (a first build on a machine takes ~20 s)")
     try:
@@ -66,25 +73,7 @@ def _build() -> bool:
     except Exception as exc:  # no compiler, headers missing, ...
         logger.warning("C++ CPU kernels unavailable, using the torch reference paths: %s", exc)
         return False
-    _register_fakes()
     seconds = time.perf_counter() - start
     if seconds > 2:
         logger.info("built the C++ CPU kernels in %.1f s (cached for later starts)", seconds)
     return True
-
-
-def _register_fakes() -> None:
-    """Shapes for torch.compile's tracing: the kernels are opaque calls inside a graph."""
-
-    @torch.library.register_fake("loomlm_cpu::paged_decode")
-    def _paged_decode_fake(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        slots: torch.Tensor,
-        lo: torch.Tensor,
-        hi: torch.Tensor,
-        scale: float,
-        chunk: int,
-    ) -> torch.Tensor:
-        return torch.empty_like(q)

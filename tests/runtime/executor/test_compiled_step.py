@@ -3,6 +3,7 @@ start-up and never again while serving, and an eager fallback when there is no c
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -12,11 +13,14 @@ import pytest
 import torch
 from loomlm.runtime import Engine, SamplingParams
 from loomlm.runtime.executor import packed_linear
+from loomlm.runtime.executor.cpu_kernels import build
 
 from ..checkpoints import hf_model, make_checkpoint
 from ..helpers import assert_pool_whole, hf_greedy, hf_logits, our_prompt_logits, prompts_of_lengths
 
 GREEDY_24 = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+# Inductor compiles C++ too: without a compiler only the fallback test below applies.
+needs_compiler = pytest.mark.skipif(not build.compiler_present(), reason="no C++ compiler")
 
 
 def _compiles() -> int:
@@ -25,6 +29,7 @@ def _compiles() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+@needs_compiler
 @pytest.mark.parametrize(
     "name, packed",
     [("llama", True), ("qwen3", False)],  # packed oneDNN products in the graph, or plain ones
@@ -88,7 +93,7 @@ def test_without_a_compiler_the_engine_warns_once_and_runs_eagerly(tmp_path):
     assert "COMPILED False" in run.stdout
     warnings = [line for line in run.stderr.splitlines() if "unavailable" in line]
     assert len(warnings) == 2, run.stderr[-3000:]  # the C++ kernels, the compiled graph
-    ids = eval(run.stdout.split("IDS ", 1)[1].strip())  # a printed list of ints
+    ids = ast.literal_eval(run.stdout.split("IDS ", 1)[1].strip())  # a printed list of ints
     eager = Engine(path, skip_tokenizer_init=True, max_total_tokens=512, enforce_eager=True)
     try:
         params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
@@ -96,9 +101,9 @@ def test_without_a_compiler_the_engine_warns_once_and_runs_eagerly(tmp_path):
         assert ids == hf_greedy(hf_model(path), [5, 6, 7, 8], 8)
     finally:
         eager.shutdown()
-    assert torch.get_num_threads() >= 1
 
 
+@needs_compiler
 def test_a_second_engine_in_the_process_computes_with_its_own_weights(tmp_path, monkeypatch):
     """Engines of one shape share the compiled graphs (parameters, packed weights included,
     are graph inputs, not constants): the second must run on its own weights, not the first's."""

@@ -170,7 +170,7 @@ def test_greedy_matches_through_the_grouped_reference_decode(variant, monkeypatc
 
     _, _, hf, engine = variant
     monkeypatch.setattr(torch_backend, "LARGE_GATHER_BYTES", 0)
-    monkeypatch.setattr(paged_decode, "kernel_available", lambda device: False)
+    monkeypatch.setattr(paged_decode, "kernel_available", lambda device, head_dim: False)
     monkeypatch.setattr(engine.runner.attention, "_kernel", False)
     prompts = prompts_of_lengths([3, 60, 9, 33, 17, 48, 2, 25], 512, seed=8)
     outs = engine.generate(input_ids=prompts, sampling_params=GREEDY_32)
