@@ -1,22 +1,29 @@
-"""Linear layers with their weights reordered once, at load time, into oneDNN's blocked
-layout: how a CPU streams weights near memory bandwidth.
+"""Linear layers with their weights reordered once, at load time, into a layout a CPU streams
+near memory bandwidth.
 
-`F.linear` on a plain row-major weight reads it at about half of what this kind of CPU
-streams. Measured on the benchmark model's 48 projections (2-core AMD EPYC, AVX-512, torch
-2.13; `sum` streams 26.5 GB/s): at batch 1, f32 12.1 GB/s plain against 20.8 GB/s packed,
-bf16 11.6 against 19.0; MKL's packed GEMM (`_mkl_linear`) reached 16.7 in f32 and fell
-behind plain from batch 8 on. Packed oneDNN weights were faster at every row count measured
-(1 to 512 rows: 0.8x the time for a 512-row prefill, 0.5x at 1-8 rows), with results within
-2.5e-6 of `F.linear` in f32 and identical in bf16. The packing hint is one row: decode is
-where weight streaming decides the step time.
+Two kernels, chosen per dtype when the model loads:
 
-Small layers stay plain: a packed call costs a fixed ~16-22 us, which a weight that fits in
-cache never earns back (f32 at one row: 64x64 3.2 us plain against 22.1 packed, 256x256 10.5
-against 29.9, 512x512 34.1 against 26.8; the built-in TinyStories model decoded at 300 tok/s
-plain and 100-135 packed). Only weights of at least MIN_PACKED_BYTES are packed.
+- **Column-blocked weights and our AVX-512 loop** (cpu_kernels/blocked_linear.cpp), where the
+  kernels built and the CPU has AVX-512 (float32) or AVX-512 BF16 (bfloat16). Measured on the
+  benchmark model's 48 projections (`python -m loomlm.bench kernels`, 2-core AMD EPYC, torch
+  2.13, `sum` streaming ~31 GB/s): 1 row, f32 33 GB/s against oneDNN's 26, bf16 25 against
+  17-18; 8 rows, f32 31-37 against 24, bf16 24-26 against 18-19; level with oneDNN from 16
+  rows up to 1,024-row prefills, where both are bound by arithmetic. One layout serves every
+  row count, so float32 keeps one copy of its weights, not oneDNN's two.
+- **oneDNN's packed weights** elsewhere. `F.linear` on a plain row-major weight reads it at
+  about half of what the CPU streams (f32 12.1 GB/s plain against 20.8 packed at one row,
+  bf16 11.6 against 19.0), and MKL's packed GEMM fell behind plain from 8 rows on. oneDNN picks
+  its blocked layout for the number of rows it is told to expect; in float32 the one-row layout
+  is fastest for one row and slow for more (the engine, A/B in one process: batch 1 29.8 tok/s
+  with it against 24.3 with the 32-row layout; batch 8 138.8 against 186.5), so float32 layers
+  keep both and pick per call. In bfloat16 the two are level and one is kept.
 
-On a GPU, or a torch without oneDNN, or a dtype oneDNN does not take, layers stay as they
-are (`pack_linears` returns 0).
+Small layers stay plain: a packed oneDNN call costs a fixed ~16-22 us, which a weight that fits
+in cache never earns back (the built-in TinyStories model decoded at 300 tok/s plain and
+100-135 packed). Only weights of at least MIN_PACKED_BYTES are packed.
+
+On a GPU, or a torch without oneDNN and without the kernels, or a dtype neither takes, layers
+stay as they are (`pack_linears` returns 0).
 """
 
 from __future__ import annotations
@@ -27,16 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import blocked_linear
+
 logger = logging.getLogger("loomlm.engine")
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 MIN_PACKED_BYTES = 1 << 20
-# oneDNN picks the blocked layout for the number of rows it is told to expect. In float32 the
-# layout for one row is the fastest for one row and slow for more (the engine, A/B in one
-# process: batch 1 29.8 tok/s with it against 24.3 with the 32-row layout; batch 8 138.8
-# against 186.5, batch 32 342.9 against 418.2), so float32 layers keep both and pick per
-# call, at twice the weights' memory. In bfloat16 one layout is as fast as the other at every
-# size measured (41.2/308.7/703.9 against 45.1/303.3/659.2), and the one-row layout is kept.
+# oneDNN's layouts: the hint is the number of rows a call is expected to have (see above).
 ONE_ROW, MANY_ROWS = 1, 32
 DUAL_LAYOUT_DTYPES = (torch.float32,)
 _MKLDNN_MATMUL = torch.ops.mkldnn._linear_pointwise.default
@@ -68,29 +72,47 @@ _PACKED_MATMUL = torch.ops.loomlm.packed_linear.default
 
 
 class PackedLinear(nn.Module):
-    """`nn.Linear`'s forward over a weight packed for oneDNN. The packed weight is opaque (it
-    cannot be read back as a matrix), so the layer keeps no plain copy of it."""
+    """`nn.Linear`'s forward over a weight packed once for a CPU kernel: the column-blocked
+    layout of our own kernel where it runs, else oneDNN's (opaque: it cannot be read back as
+    a matrix). The layer keeps no plain copy of the weight."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, ONE_ROW)
-        self.packed_many: torch.Tensor | None = None  # the layout for several rows, if kept
-        if weight.dtype in DUAL_LAYOUT_DTYPES:
-            self.packed_many = torch.ops.mkldnn._reorder_linear_weight(weight, MANY_ROWS)
+        self.blocked = blocked_linear.supports(weight.dtype)
+        many = None  # oneDNN's layout for several rows, where it is kept
+        if self.blocked:
+            packed = blocked_linear.pack(weight)
+        else:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, ONE_ROW)
+            if weight.dtype in DUAL_LAYOUT_DTYPES:
+                many = torch.ops.mkldnn._reorder_linear_weight(weight, MANY_ROWS)
+        # Buffers, not plain attributes: torch.compile takes a module's buffers as fixed-size
+        # and would otherwise treat the packed shape as dynamic, tying a packed dimension of 2
+        # to a 2-token warm-up step and compiling again on the first request.
+        self.packed: torch.Tensor
+        self.packed_many: torch.Tensor | None
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("packed_many", many, persistent=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under a compiled graph this branch is settled when tracing: the graphs are
+        # Under a compiled graph these branches are settled when tracing: the graphs are
         # specialised for one row and for two or more (model_step.py).
+        if self.blocked:
+            return torch.ops.loomlm_cpu.blocked_linear.default(
+                x, self.packed, self.bias, self.out_features
+            )
         packed = self.packed if self.packed_many is None or x.shape[0] == 1 else self.packed_many
         return _PACKED_MATMUL(x, packed, self.bias, self.out_features)
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cpu" and dtype in PACKED_DTYPES and torch.backends.mkldnn.is_available()
+    if device.type != "cpu" or dtype not in PACKED_DTYPES:
+        return False
+    return blocked_linear.supports(dtype) or torch.backends.mkldnn.is_available()
 
 
 def pack_linears(model: nn.Module, min_bytes: int | None = None) -> int:
@@ -100,7 +122,9 @@ def pack_linears(model: nn.Module, min_bytes: int | None = None) -> int:
     if min_bytes is None:
         min_bytes = MIN_PACKED_BYTES
     first = next(model.parameters(), None)
-    if first is None or not can_pack(first.device, first.dtype) or not _packing_works(first.dtype):
+    if first is None or not can_pack(first.device, first.dtype):
+        return 0
+    if not blocked_linear.supports(first.dtype) and not _onednn_packing_works(first.dtype):
         return 0
     count = 0
     for parent in list(model.modules()):
@@ -115,7 +139,7 @@ def _weight_bytes(linear: nn.Linear) -> int:
     return linear.weight.numel() * linear.weight.element_size()
 
 
-def _packing_works(dtype: torch.dtype) -> bool:
+def _onednn_packing_works(dtype: torch.dtype) -> bool:
     """One small product, packed and plain: a oneDNN build that cannot run this dtype fails
     here rather than under the first request."""
     try:

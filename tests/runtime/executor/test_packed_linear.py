@@ -1,9 +1,11 @@
-"""Linear layers packed for oneDNN compute what nn.Linear computes."""
+"""Linear layers packed for a CPU kernel (ours or oneDNN's) compute what nn.Linear computes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from loomlm.runtime.executor.cpu_kernels import blocked_linear
 from loomlm.runtime.executor.packed_linear import PackedLinear, can_pack, pack_linears
 from torch import nn
 
@@ -13,10 +15,15 @@ needs_onednn = pytest.mark.skipif(
 
 
 @needs_onednn
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 7, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_a_packed_linear_matches_nn_linear(dtype, atol, rows, bias):
+@pytest.mark.parametrize("kernel", ["blocked", "onednn"])
+def test_a_packed_linear_matches_nn_linear(dtype, rows, bias, kernel, monkeypatch):
+    if kernel == "onednn":
+        monkeypatch.setenv("LOOMLM_LINEAR_KERNEL", "onednn")
+    elif not blocked_linear.supports(dtype):
+        pytest.skip(f"the blocked kernel does not run {dtype} here")
     torch.manual_seed(rows)
     linear = nn.Linear(96, 80, bias=bias).to(dtype)
     x = torch.randn(rows, 96).to(dtype)
@@ -24,10 +31,16 @@ def test_a_packed_linear_matches_nn_linear(dtype, atol, rows, bias):
         want = linear(x)
         packed = PackedLinear(linear)
         got = packed(x)
-    # float32 keeps a second layout for calls of several rows (packed_linear.py)
-    assert (packed.packed_many is not None) == (dtype == torch.float32)
+        exact = F.linear(
+            x.double(), linear.weight.double(), None if not bias else linear.bias.double()
+        )
+    assert packed.blocked == (kernel == "blocked")
+    # oneDNN in float32 keeps a second layout for calls of several rows (packed_linear.py)
+    assert (packed.packed_many is not None) == (kernel == "onednn" and dtype == torch.float32)
     assert got.shape == want.shape and got.dtype == want.dtype
-    assert (got.float() - want.float()).abs().max().item() <= atol
+    # as close to the exact product as torch's own (bfloat16: both round the same sums)
+    torch_err = (want.double() - exact).abs().max().item()
+    assert (got.double() - exact).abs().max().item() <= max(2 * torch_err, 1e-5)
 
 
 @needs_onednn
