@@ -19,6 +19,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from loomlm.runtime.executor.cpu_kernels import blocked_linear
+from loomlm.runtime.executor.packed_linear import onednn_packing_works
 
 # (out, in) of one layer's projections: qkv, o, gate_up, down
 LAYER = [(2304, 768), (768, 768), (4096, 768), (768, 2048)]
@@ -51,18 +52,19 @@ def main(args: argparse.Namespace) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         weights = [torch.randn(o, i).to(dtype) * 0.02 for o, i in LAYER * args.layers]
         nbytes = sum(w.numel() * w.element_size() for w in weights)
-        onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
-        onednn_many = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in weights]
+        # oneDNN has no packed bfloat16 product on CPUs without AVX-512 (or AVX-NE-CONVERT)
+        with_onednn = onednn_packing_works(dtype)
+        onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights if with_onednn]
+        many = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in weights if with_onednn]
         blocked = (
             [blocked_linear.pack(w) for w in weights] if blocked_linear.supports(dtype) else []
         )
         for b in sizes:
             xs = {i: torch.randn(b, i).to(dtype) for _, i in LAYER}
-            kernels: dict[str, Callable[[], object]] = {
-                "F.linear": partial(_plain, weights, xs),
-                "oneDNN packed, 1-row layout": partial(_onednn, weights, onednn, xs),
-                "oneDNN packed, 32-row layout": partial(_onednn, weights, onednn_many, xs),
-            }
+            kernels: dict[str, Callable[[], object]] = {"F.linear": partial(_plain, weights, xs)}
+            if with_onednn:
+                kernels["oneDNN packed, 1-row layout"] = partial(_onednn, weights, onednn, xs)
+                kernels["oneDNN packed, 32-row layout"] = partial(_onednn, weights, many, xs)
             if blocked:
                 kernels["blocked (ours)"] = partial(_blocked, weights, blocked, xs)
             if dtype == torch.float32:

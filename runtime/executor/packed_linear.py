@@ -3,13 +3,17 @@ near memory bandwidth.
 
 Two kernels, chosen per dtype when the model loads:
 
-- **Column-blocked weights and our AVX-512 loop** (cpu_kernels/blocked_linear.cpp), where the
-  kernels built and the CPU has AVX-512 (float32) or AVX-512 BF16 (bfloat16). Measured on the
-  benchmark model's 48 projections (`python -m loomlm.bench kernels`, 2-core AMD EPYC, torch
-  2.13, `sum` streaming ~31 GB/s): 1 row, f32 33 GB/s against oneDNN's 26, bf16 25 against
-  17-18; 8 rows, f32 31-37 against 24, bf16 24-26 against 18-19; level with oneDNN from 16
-  rows up to 1,024-row prefills, where both are bound by arithmetic. One layout serves every
-  row count, so float32 keeps one copy of its weights, not oneDNN's two.
+- **Column-blocked weights and our vector loop** (cpu_kernels/blocked_linear.cpp), where the
+  kernels built and the CPU has AVX-512 (float32), AVX-512 BF16 (bfloat16), or AVX2 with FMA
+  (both). Measured on the benchmark model's 48 projections (`python -m loomlm.bench kernels`,
+  torch 2.13). On a 2-core AMD EPYC with AVX-512 (`sum` streaming ~31 GB/s): 1 row, f32 33
+  GB/s against oneDNN's 26, bf16 25 against 17-18; 8 rows, f32 31-37 against 24, bf16 24-26
+  against 18-19; level with oneDNN from 16 rows up to 1,024-row prefills, where both are
+  bound by arithmetic. On a 2-core AMD EPYC with AVX2 only (Zen 3, `sum` ~28 GB/s): 1 row, f32
+  26 against oneDNN's 21, 8 rows 14.5 against 11.5, level from 32 rows; oneDNN has no packed
+  bfloat16 product on such a CPU, and `F.linear` reads bf16 at 14 GB/s for 1 row, 2.2 for 8,
+  against our 20-27 and 8-10. One layout serves every row count, so float32 keeps one copy
+  of its weights, not oneDNN's two.
 - **oneDNN's packed weights** elsewhere. `F.linear` on a plain row-major weight reads it at
   about half of what the CPU streams (f32 12.1 GB/s plain against 20.8 packed at one row,
   bf16 11.6 against 19.0), and MKL's packed GEMM fell behind plain from 8 rows on. oneDNN picks
@@ -124,7 +128,7 @@ def pack_linears(model: nn.Module, min_bytes: int | None = None) -> int:
     first = next(model.parameters(), None)
     if first is None or not can_pack(first.device, first.dtype):
         return 0
-    if not blocked_linear.supports(first.dtype) and not _onednn_packing_works(first.dtype):
+    if not blocked_linear.supports(first.dtype) and not onednn_packing_works(first.dtype):
         return 0
     count = 0
     for parent in list(model.modules()):
@@ -139,7 +143,7 @@ def _weight_bytes(linear: nn.Linear) -> int:
     return linear.weight.numel() * linear.weight.element_size()
 
 
-def _onednn_packing_works(dtype: torch.dtype) -> bool:
+def onednn_packing_works(dtype: torch.dtype) -> bool:
     """One small product, packed and plain: a oneDNN build that cannot run this dtype fails
     here rather than under the first request."""
     try:

@@ -1,9 +1,9 @@
 """The C++ linear kernel over column-blocked weights (blocked_linear.cpp), seen from Python.
 
 `supports(dtype)` says whether this process can run it: the kernels built, and the build
-targets AVX-512 (float32) or AVX-512 BF16 (bfloat16). Elsewhere the engine keeps oneDNN's
-packed weights (packed_linear.py), as it does everywhere with LOOMLM_LINEAR_KERNEL=onednn
-(for A/B measurements).
+targets AVX-512 (float32), AVX-512 BF16 (bfloat16) or AVX2 with FMA (both; bfloat16 widened
+in registers). Elsewhere the engine keeps oneDNN's packed weights (packed_linear.py), as it
+does everywhere with LOOMLM_LINEAR_KERNEL=onednn (for A/B measurements).
 """
 
 from __future__ import annotations

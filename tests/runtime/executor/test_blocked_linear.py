@@ -22,9 +22,10 @@ def _errors(x, weight, bias, got):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "in_features, out_features",
-    [(96, 80), (97, 130), (1, 3), (256, 64)],  # odd K, N off the 64-column blocks, K of one
+    [(96, 80), (97, 130), (1, 3), (256, 64)],  # odd K, N off the column blocks, K of one
 )
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 131])  # each tail of the 4-row tiles; 131 > 128
+# tiles of 6 rows (AVX-512, AVX2 float32) or 4 (AVX2 bfloat16), each tail, and 133 > 128
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 11, 133])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_blocked_linear_matches_f_linear(dtype, in_features, out_features, rows, with_bias):
     _needs(dtype)
@@ -46,7 +47,10 @@ def test_packing_keeps_every_weight_and_unpacks_exactly(dtype):
     _needs(dtype)
     weight = torch.randn(130, 97).to(dtype)
     packed = blocked_linear.pack(weight)
-    assert packed.shape[0] == 3 and packed.shape[2] == 64  # 130 outputs in 3 blocks of 64
+    block = packed.shape[2]  # 64 outputs with AVX-512, 16 with AVX2
+    assert block in (16, 64) and packed.shape[0] == -(-130 // block)
+    pairs = (97, 1) if dtype == torch.float32 else (49, 2)  # bfloat16 pairs k, zero padded
+    assert (packed.shape[1], packed.shape[3]) == pairs
     assert torch.equal(blocked_linear.unpack(packed, 130, 97), weight)
 
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from loomlm.runtime.executor.cpu_kernels import blocked_linear
-from loomlm.runtime.executor.packed_linear import PackedLinear, can_pack, pack_linears
+from loomlm.runtime.executor.packed_linear import (
+    PackedLinear,
+    can_pack,
+    onednn_packing_works,
+    pack_linears,
+)
 from torch import nn
 
 needs_onednn = pytest.mark.skipif(
@@ -21,6 +26,8 @@ needs_onednn = pytest.mark.skipif(
 @pytest.mark.parametrize("kernel", ["blocked", "onednn"])
 def test_a_packed_linear_matches_nn_linear(dtype, rows, bias, kernel, monkeypatch):
     if kernel == "onednn":
+        if not onednn_packing_works(dtype):  # bfloat16 needs AVX-512 (or AVX-NE-CONVERT)
+            pytest.skip(f"this CPU's oneDNN has no packed {dtype} product")
         monkeypatch.setenv("LOOMLM_LINEAR_KERNEL", "onednn")
     elif not blocked_linear.supports(dtype):
         pytest.skip(f"the blocked kernel does not run {dtype} here")
