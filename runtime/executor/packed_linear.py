@@ -9,11 +9,11 @@ Two kernels, chosen per dtype when the model loads:
   torch 2.13). On a 2-core AMD EPYC with AVX-512 (`sum` streaming ~31 GB/s): 1 row, f32 33
   GB/s against oneDNN's 26, bf16 25 against 17-18; 8 rows, f32 31-37 against 24, bf16 24-26
   against 18-19; level with oneDNN from 16 rows up to 1,024-row prefills, where both are
-  bound by arithmetic. On a 2-core AMD EPYC with AVX2 only (Zen 3, `sum` ~28 GB/s): 1 row, f32
-  26 against oneDNN's 21, 8 rows 14.5 against 11.5, level from 32 rows; oneDNN has no packed
-  bfloat16 product on such a CPU, and `F.linear` reads bf16 at 14 GB/s for 1 row, 2.2 for 8,
-  against our 20-27 and 8-10. One layout serves every row count, so float32 keeps one copy
-  of its weights, not oneDNN's two.
+  bound by arithmetic. On a 2-core AMD EPYC with AVX2 only (Zen 3, `sum` ~28 GB/s): f32 1 row
+  24-28 against oneDNN's 21, 8 rows 20-22 against 11.5, 256 rows 1.0-1.2 against 1.0; oneDNN
+  has no packed bfloat16 product on such a CPU, and `F.linear` reads bf16 at 14 GB/s for 1
+  row and 2.2 for 8, against our 21-29 and 13. One layout serves every row count, so float32
+  keeps one copy of its weights, not oneDNN's two.
 - **oneDNN's packed weights** elsewhere. `F.linear` on a plain row-major weight reads it at
   about half of what the CPU streams (f32 12.1 GB/s plain against 20.8 packed at one row,
   bf16 11.6 against 19.0), and MKL's packed GEMM fell behind plain from 8 rows on. oneDNN picks

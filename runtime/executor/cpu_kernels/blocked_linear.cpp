@@ -77,7 +77,7 @@ at::Tensor pack_typed(const at::Tensor& w) {
 // What one instruction set does for one dtype: the accumulator V (LANES float32), an
 // activation broadcast X, one multiply-add step over a pair of k, and bias loads and output
 // stores of the first `count` lanes. ROWS: activation rows per tile, as many as the registers
-// hold accumulators for (ROWS x 4) beside the broadcasts.
+// hold accumulators for (ROWS x BLOCK_N / LANES) beside one row's weights and broadcast.
 template <typename T> struct Isa;
 
 #if defined(__AVX512F__)
@@ -85,7 +85,7 @@ template <> struct Isa<float> {
   using In = float;  // the activations' type as the tile reads them
   using V = __m512;
   using X = __m512;
-  static constexpr int ROWS = 6;  // 24 accumulators + 6 broadcasts of 32 registers
+  static constexpr int ROWS = 6;  // 24 accumulators + 4 weights + 1 broadcast of 32 registers
   static __mmask16 mask(int64_t count) { return static_cast<__mmask16>((1u << count) - 1); }
   static X broadcast(const float* x) { return _mm512_set1_ps(*x); }
   static X broadcast_last(const float* x) { return _mm512_set1_ps(*x); }
@@ -179,8 +179,12 @@ template <> struct Isa<c10::BFloat16> {
   using V = __m256;
   struct X { __m256 even, odd; };
   static constexpr int ROWS = 4;  // 8 accumulators + 4 widened weights + 2 broadcasts
-  static X broadcast(const float* x) { return {_mm256_broadcast_ss(x), _mm256_broadcast_ss(x + 1)}; }
-  static X broadcast_last(const float* x) { return {_mm256_broadcast_ss(x), _mm256_setzero_ps()}; }
+  static X broadcast(const float* x) {
+    return {_mm256_broadcast_ss(x), _mm256_broadcast_ss(x + 1)};
+  }
+  static X broadcast_last(const float* x) {
+    return {_mm256_broadcast_ss(x), _mm256_setzero_ps()};
+  }
   static V step(V acc, const c10::BFloat16* w, X x) {
     const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
