@@ -105,9 +105,9 @@ class Engine:
             else load_tokenizer(config.tokenizer or self.model_dir)
         )
         self.model = load_model(self.model_dir, model_config, self.dtype, self.device)
-        packed = pack_linears(self.model)  # CPU: weights in oneDNN's layout (packed_linear.py)
+        packed = pack_linears(self.model)  # CPU: weights in a kernel's layout (packed_linear.py)
         if packed:
-            logger.info("%d linear layers packed for oneDNN", packed)
+            logger.info("%d linear layers packed for the CPU linear kernel", packed)
 
         sched = config.scheduler
         slots = kv_slots_for(
