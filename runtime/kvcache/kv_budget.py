@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..executor.models.config import ModelConfig
+from ..utils.host_memory import reserved_bytes
 from .config import CacheConfig
 
 
@@ -30,6 +31,11 @@ def free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
+    # Pools this process mapped but has not written yet are promised, though not yet taken.
+    return max(0, _available_host_bytes() - reserved_bytes())
+
+
+def _available_host_bytes() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.host_memory import lazily_zeroed
+
 
 class KVPool:
     def __init__(
@@ -28,8 +30,11 @@ class KVPool:
         self.num_slots = num_slots
         self.device = device
         shape = (num_layers, num_slots, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        if device.type == "cpu":  # pages come on first write, not all at start-up
+            self.k, self.v = lazily_zeroed(shape, dtype), lazily_zeroed(shape, dtype)
+        else:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
         self._free = torch.arange(num_slots, dtype=torch.int64)
         # Row r lists the slots of the request holding row r, in token order.
         self.slot_table = torch.zeros((max_requests, max_context), dtype=torch.int64)

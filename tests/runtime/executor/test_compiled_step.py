@@ -29,6 +29,12 @@ def _compiles() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def _aot_compiles() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["aot_autograd"]["total"])
+
+
 @needs_compiler
 @pytest.mark.parametrize(
     "name, packed",
@@ -41,12 +47,16 @@ def test_compiled_step_matches_transformers_and_compiles_only_at_start(
     if packed:  # the tiny model's layers are far below the size that is packed for speed
         monkeypatch.setattr(packed_linear, "MIN_PACKED_BYTES", 0)
     path = make_checkpoint(tmp_path, name)
+    graphs_before, aot_before = _compiles(), _aot_compiles()
     engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=2048)
     try:
         assert engine.runner.model_step.compiled
         if packed:
             assert isinstance(engine.model.layers[0].mlp.down_proj, packed_linear.PackedLinear)
         compiled_at_start = _compiles()
+        # Each graph went through AOT autograd once: a float in the model traced as a symbol
+        # made dynamo restart its analysis and trace the first graph twice, at every start.
+        assert _aot_compiles() - aot_before == compiled_at_start - graphs_before
         hf = hf_model(path)
         ids = prompts_of_lengths([40], 512)[0]
         assert (our_prompt_logits(engine, ids) - hf_logits(hf, ids)).abs().max().item() <= 1e-4
