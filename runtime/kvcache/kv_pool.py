@@ -58,8 +58,12 @@ class KVPool:
         return slots
 
     def free(self, slots: torch.Tensor) -> None:
+        # To the front: the next request reuses the slots freed last, whose pages are mapped
+        # (the CPU pool is backed on first write) and likely still in cache, and gets them
+        # back as the ascending run they were. Walking the whole pool before reusing any
+        # slot cost a 4,096-token prefill ~0.15 s of page faults until it had.
         if slots.numel():
-            self._free = torch.cat((self._free, slots))
+            self._free = torch.cat((slots, self._free))
 
     # -- request rows ------------------------------------------------------------------------
     def num_free_rows(self) -> int:

@@ -176,3 +176,48 @@ def test_greedy_matches_through_the_grouped_reference_decode(variant, monkeypatc
     outs = engine.generate(input_ids=prompts, sampling_params=GREEDY_32)
     for ids, out in zip(prompts, outs):
         assert out.output_ids == hf_greedy(hf, ids, 32)
+
+
+def test_a_step_split_into_several_forwards_matches(variant, monkeypatch):
+    """On CPU a step over many prompt tokens runs as several forwards of whole requests.
+    Split every step into pieces of at most 40 tokens (a 64-token prompt alone) and compare
+    the prompts' logprobs and the greedy tokens with transformers again."""
+    from loomlm.runtime.executor import model_runner
+
+    _, _, hf, engine = variant
+    monkeypatch.setattr(model_runner, "CPU_FORWARD_TOKENS", 40)
+    forwards = []
+    real_step = engine.runner.model_step
+    monkeypatch.setattr(
+        engine.runner,
+        "model_step",
+        lambda ids, pos: forwards.append(len(ids)) or real_step(ids, pos),
+    )
+    prompts = prompts_of_lengths([20, 64, 9, 33, 17, 30, 2], 512, seed=9)
+    outs = engine.generate(
+        input_ids=prompts, sampling_params=GREEDY_32, return_logprob=True, logprob_start_len=0
+    )
+    # The first step holds all 175 prompt tokens: unsplit, one forward would take them all.
+    assert 64 in forwards and all(n <= 40 for n in forwards if n != 64)
+    for ids, out in zip(prompts, outs):
+        assert out.output_ids == hf_greedy(hf, ids, 32)
+        ref = torch.log_softmax(hf_logits(hf, ids), -1)
+        ours = torch.tensor([e[0] for e in out.input_token_logprobs[1:]])
+        expected = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        assert (ours - expected).abs().max().item() <= 1e-4
+    assert_pool_whole(engine)
+
+
+def test_split_by_tokens_keeps_order_and_whole_items():
+    from loomlm.runtime.executor.model_runner import ScheduledItem, split_by_tokens
+
+    def items(*sizes: int) -> list[ScheduledItem]:
+        return [ScheduledItem(None, 0, n, True) for n in sizes]  # type: ignore[arg-type]
+
+    def sizes(groups: list[list[ScheduledItem]]) -> list[list[int]]:
+        return [[i.end for i in g] for g in groups]
+
+    assert sizes(split_by_tokens(items(5, 5, 5), None)) == [[5, 5, 5]]
+    assert sizes(split_by_tokens(items(5, 5, 5), 10)) == [[5, 5], [5]]
+    assert sizes(split_by_tokens(items(30, 1, 1, 12, 3), 10)) == [[30], [1, 1], [12], [3]]
+    assert sizes(split_by_tokens(items(1, 1, 8, 1), 10)) == [[1, 1, 8], [1]]
