@@ -1,4 +1,4 @@
-"""KVPool's slot handling: freed slots are reused first, as the runs they were."""
+"""KVPool's slot handling: the free list is first in, first out."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ def small_pool(slots: int = 64) -> KVPool:
     return KVPool(slots, 2, 2, 8, torch.float32, cpu, max_requests=4, max_context=32)
 
 
-def test_the_slots_freed_last_are_handed_out_first_in_their_order() -> None:
-    pool = small_pool()
+def test_freed_slots_return_behind_the_untouched_ones_in_their_order() -> None:
+    pool = small_pool(32)
     first = pool.alloc(8)
-    second = pool.alloc(8)
-    assert first is not None and second is not None
-    pool.free(first)
-    pool.free(second)
-    again = pool.alloc(12)
-    assert again is not None
-    # second's run whole and ascending, then the start of first's: the mapped, warm pages.
-    assert again.tolist() == second.tolist() + first[:4].tolist()
-    assert pool.num_free() == 64 - 12
+    assert first is not None and first.tolist() == list(range(8))
+    pool.free(first[4:])
+    pool.free(first[:4])
+    rest = pool.alloc(28)
+    assert rest is not None
+    assert rest.tolist() == list(range(8, 32)) + [4, 5, 6, 7]
+    assert pool.num_free() == 4
 
 
 def test_alloc_refuses_more_than_is_free_and_takes_nothing() -> None:
