@@ -115,6 +115,8 @@ class Request:
     table_row: int | None = None
     num_computed: int = 0
     prefix: PrefixMatch | None = None
+    # Slots taken for this request's coming decode tokens, in order (see DECODE_RUN).
+    spare_slots: list[int] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens taken from the cache when first scheduled
     num_preemptions: int = 0
     enqueued_step: int = 0  # the scheduler step at which it last joined the waiting queue

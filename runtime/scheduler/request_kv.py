@@ -15,6 +15,14 @@ from ..kvcache.kv_pool import KVPool
 from ..kvcache.prefix_cache import PrefixCache, PrefixMatch
 from .request import Request
 
+# Decode slots are handed to a request this many at a time, so that its generated tokens'
+# KV lies in runs the decode attention streams, not one slot per step interleaved with every
+# other request's. Benchmark model, float32, AVX-512 EPYC, alternating runs: decode at
+# batch 32 528-552 tok/s against 505-508 one slot at a time (batch 8: 341-356 against
+# 316-343); runs of 64 measured 540-548. A request's unused spare slots (at most 15) are
+# freed when it ends.
+DECODE_RUN = 16
+
 
 class RequestKV:
     def __init__(self, pool: KVPool, cache: PrefixCache) -> None:
@@ -45,12 +53,28 @@ class RequestKV:
 
     def extend_decodes(self, reqs: list[Request]) -> None:
         """Slots for each running request's uncomputed tokens: one per step, more after a
-        jump-forward; reserved."""
+        jump-forward; reserved. They come from the request's spare run of DECODE_RUN slots,
+        a new run when that is used up and the pool has room, else one by one."""
         counts = [r.seq_len - r.num_computed for r in reqs]
-        slots = self._alloc(sum(counts))
+        short = [n - len(r.spare_slots) for r, n in zip(reqs, counts)]
+        runs = [max(k, DECODE_RUN) if k > 0 else 0 for k in short]
+        # Runs only while the pool keeps room for another run per request after these: held
+        # spare slots must not be what forces an eviction or a preemption in a full pool.
+        if self.pool.num_free() < sum(runs) + DECODE_RUN * len(reqs):
+            runs = [max(k, 0) for k in short]
+        fresh = self._alloc(sum(runs)).tolist()  # plain ints: this runs every step
+        taken: list[int] = []
+        start = 0
+        for req, n, run in zip(reqs, counts, runs):
+            spare = req.spare_slots
+            if run:
+                spare = spare + fresh[start : start + run]
+                start += run
+            taken += spare[:n]
+            req.spare_slots = spare[n:]
         rows = torch.tensor([r.table_row for r, n in zip(reqs, counts) for _ in range(n)])
         cols = torch.tensor([r.num_computed + k for r, n in zip(reqs, counts) for k in range(n)])
-        self.pool.slot_table[rows, cols] = slots
+        self.pool.slot_table[rows, cols] = torch.tensor(taken, dtype=torch.int64)
 
     def computed(self, req: Request, end: int) -> None:
         """The step computed `req`'s KV up to `end` (the slots were given it when scheduled)."""
@@ -80,6 +104,9 @@ class RequestKV:
         else:
             self.cache.unlock(req.prefix)
             self.pool.free(slots[req.prefix.length :])
+        if req.spare_slots:
+            self.pool.free(torch.tensor(req.spare_slots, dtype=torch.int64))
+            req.spare_slots = []
         self.pool.free_row(req.table_row)
         req.table_row, req.num_computed, req.prefix = None, 0, None
 

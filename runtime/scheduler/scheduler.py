@@ -166,7 +166,8 @@ class Scheduler:
         return [ScheduledItem(r, r.num_computed, r.seq_len, True) for r in self.running]
 
     def _decode_slots(self) -> int:
-        return sum(r.seq_len - r.num_computed for r in self.running)
+        """Free slots the running requests' next decode step needs beyond their spare runs."""
+        return sum(max(0, r.seq_len - r.num_computed - len(r.spare_slots)) for r in self.running)
 
     def _schedule_prompts(self, items: list[ScheduledItem], num_decodes: int) -> Request | None:
         """Append this step's prompt work to `items`; returns the request that could not get
