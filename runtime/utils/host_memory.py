@@ -2,7 +2,7 @@
 
 `torch.zeros` writes every byte when it is called, so each page of a large buffer is faulted
 in and cleared up front: the KV pool of the benchmark model (4.8 GB of float32 for 64k token
-slots) took 8.7 s of `Engine()`'s start on one 2-core VM and ~2.3 s on another, for slots
+slots) took 8.7 s of `Engine()`'s start on one 2-core VM and ~1.6 s on another, for slots
 most workloads never reach. An anonymous memory map reads as zeros by the kernel's guarantee
 and is backed page by page as it is written, so the pool costs nothing until it is used and
 keeps the exact zeros `torch.zeros` gave (attention over a padded row multiplies zero
