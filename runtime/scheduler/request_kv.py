@@ -62,7 +62,9 @@ class RequestKV:
         # spare slots must not be what forces an eviction or a preemption in a full pool.
         if self.pool.num_free() < sum(runs) + DECODE_RUN * len(reqs):
             runs = [max(k, 0) for k in short]
-        fresh = self._alloc(sum(runs)).tolist()  # plain ints: this runs every step
+        # Most steps every request decodes from its spare run and nothing is allocated.
+        total = sum(runs)
+        fresh = self._alloc(total).tolist() if total else []  # plain ints: this runs every step
         taken: list[int] = []
         start = 0
         for req, n, run in zip(reqs, counts, runs):
