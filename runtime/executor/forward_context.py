@@ -37,6 +37,9 @@ class ForwardBatch:
     slot_table: torch.Tensor  # [max_requests, max_context] int64, host or device
     kv_pool: KVPool
     attention: AttentionBackend
+    # Ascending token rows whose outputs the model keeps past the last layer's attention (see
+    # LlamaForCausalLM.forward); None: all of them. The backend may skip the others' queries.
+    keep_rows: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:

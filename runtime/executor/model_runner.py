@@ -89,11 +89,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, items: list[ScheduledItem]) -> list[ItemResult]:
-        hidden = self._hidden_states(items)  # [T, hidden]
-        # On a GPU the forward above is still running: the masks are filled meanwhile.
-        masks = self._constraint_masks([i.req for i in items if i.sample])
-
-        # Which hidden rows need logits: prompt-logprob rows first, then one row per sampler.
+        # Which token rows need logits: prompt-logprob rows first, then one row per sampler.
         prompt_rows: list[int] = []
         prompt_targets: list[int] = []
         prompt_spans: list[tuple[int, int]] = []
@@ -111,8 +107,16 @@ class ModelRunner:
                 sampling.append(_sampling_row(item.req))
             offset += item.end - item.start
 
-        wanted = torch.tensor(prompt_rows + sample_rows, dtype=torch.int64, device=self.device)
-        logits = self.model.logits(hidden[wanted]) if wanted.numel() else hidden.new_empty((0, 0))
+        wanted = prompt_rows + sample_rows
+        kept = sorted(set(wanted))
+        hidden = self._hidden_states(items, kept)  # [len(kept), hidden]
+        # On a GPU the forward above is still running: the masks are filled meanwhile.
+        masks = self._constraint_masks([i.req for i in items if i.sample])
+        if wanted != kept:
+            where = {row: i for i, row in enumerate(kept)}
+            picks = torch.tensor([where[r] for r in wanted], dtype=torch.int64)
+            hidden = hidden[picks.to(self.device)]
+        logits = self.model.logits(hidden) if wanted else hidden.new_empty((0, 0))
         prompt_logits, sample_logits = logits[: len(prompt_rows)], logits[len(prompt_rows) :]
 
         top_k = max((i.req.logprob.top_k for i in items if i.req.logprob.enabled), default=0)
@@ -135,16 +139,30 @@ class ModelRunner:
             )
         return self._results(items, _to_host(step), prompt_spans, prompt_targets)
 
-    def _hidden_states(self, items: list[ScheduledItem]) -> torch.Tensor:
-        """The model's output for every new token of the step, in item order. On CPU a step of
-        many prompt tokens runs as several forwards of whole items (see CPU_FORWARD_TOKENS)."""
+    def _hidden_states(self, items: list[ScheduledItem], kept: list[int]) -> torch.Tensor:
+        """The model's output for the token rows `kept` (ascending indices into the step's new
+        tokens, in item order). On CPU a step of many prompt tokens runs as several forwards of
+        whole items (see CPU_FORWARD_TOKENS)."""
         limit = CPU_FORWARD_TOKENS if self.device.type == "cpu" else None
         parts = []
+        start = 0
         for group in split_by_tokens(items, limit):
+            end = start + sum(i.end - i.start for i in group)
+            rows = [r - start for r in kept if start <= r < end]
+            # A prompt chunk that needs no logits still runs (its k/v fill the pool); it keeps
+            # its last row, which is then dropped.
             batch = self._build_batch(group)
+            batch.keep_rows = rows or [end - start - 1]
             self.attention.prepare(batch)
             with forward_scope(batch):
-                parts.append(self.model_step(batch.input_ids, batch.positions))
+                keep = torch.tensor(batch.keep_rows, dtype=torch.int64, device=self.device)
+                hidden = self.model_step(batch.input_ids, batch.positions, keep)
+            if rows:
+                parts.append(hidden)
+            start = end
+        if not parts:
+            dtype = self.model.embed_tokens.weight.dtype
+            return torch.empty((0, self.model.config.hidden_size), dtype=dtype, device=self.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.inference_mode()
@@ -175,7 +193,8 @@ class ModelRunner:
                 )
                 self.attention.prepare(batch)
                 with forward_scope(batch):
-                    self.model_step(batch.input_ids, batch.positions)
+                    keep = torch.arange(tokens, device=self.device)
+                    self.model_step(batch.input_ids, batch.positions, keep)
 
             self.model_step.warm_up(run)
         finally:

@@ -32,11 +32,12 @@ from .models.llama import LlamaForCausalLM
 
 logger = logging.getLogger("loomlm.engine")
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ModelStep:
-    """`step(input_ids, positions) -> hidden`, compiled where that is possible."""
+    """`step(input_ids, positions, keep) -> hidden of the rows keep`, compiled where that is
+    possible."""
 
     def __init__(self, model: LlamaForCausalLM, device: torch.device, enforce_eager: bool):
         self.model = model
@@ -60,10 +61,16 @@ class ModelStep:
     def compiled(self) -> bool:
         return self._compiled is not None
 
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
         if self._compiled is not None:
-            return self._compiled(input_ids, positions)
-        return self._eager(input_ids, positions)
+            # The number of kept rows is 1 in most prefills and the whole batch in decodes:
+            # an unbacked size keeps both in one graph (a size of 1 would otherwise be
+            # specialised into a graph of its own, compiled while serving).
+            torch._dynamo.decorators.mark_unbacked(keep, 0)
+            return self._compiled(input_ids, positions, keep)
+        return self._eager(input_ids, positions, keep)
 
     def warm_up(self, run: Callable[[int], None]) -> None:
         """Compile the graphs now: `run(n)` runs one forward of n tokens through this step.

@@ -41,7 +41,8 @@ def our_prompt_logits(engine: Any, ids: list[int]) -> torch.Tensor:
     )
     attention.prepare(batch)
     with torch.inference_mode(), forward_scope(batch):
-        return engine.model.logits(engine.model(batch.input_ids, batch.positions))
+        every_row = torch.arange(n)
+        return engine.model.logits(engine.model(batch.input_ids, batch.positions, every_row))
 
 
 def hf_logits(hf: Any, ids: list[int]) -> torch.Tensor:

@@ -3,11 +3,13 @@
 Runs on CPU and GPU alike. One-token rows (decodes) run batched attention over the pool
 (`paged_decode`), also in steps that mix them with prompt chunks; its metadata (slot rows,
 visible ranges) is built once per step in `prepare`, never per layer. On CPU the C++ kernel
-reads only each request's own positions, so the batch is one call. The portable reference
-gathers a padded block instead: there, when the block is large, requests are grouped by
-context length so that each group is padded only to its own longest (bounded waste) at the
-price of one call per group. Prompt extends attend request by request, with the causal mask
-shifted by each request's cached prefix.
+reads only each request's own positions, so the batch is one call; prompt extends likewise go
+to the C++ extend kernel (`paged_extend`), every request of the step in one call per layer,
+keys and values read in place from their slots. The portable reference gathers a padded
+block instead: there, when the block is large, requests are grouped by context length so that
+each group is padded only to its own longest (bounded waste) at the price of one call per
+group, and prompt extends attend request by request through SDPA, with the causal mask shifted
+by each request's cached prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from ..forward_context import ForwardBatch
 from .base import AttentionBackend
 from .paged_decode import kernel_available, paged_decode
+from .paged_extend import kernel_available as extend_kernel_available
+from .paged_extend import paged_extend, request_table
 
 # Below this many bytes of gathered keys the reference path does not split a batch into
 # groups: moving the padding is cheaper than another call.
@@ -46,6 +50,19 @@ class _Extend(NamedTuple):
     is_causal: bool
 
 
+_NO_REQUESTS = torch.empty((0, 4), dtype=torch.int64)
+
+
+class _KernelExtends(NamedTuple):
+    """A step's extends as the C++ kernel takes them: all requests in one call per layer."""
+
+    slots: torch.Tensor  # [N] every extending request's context slots, concatenated
+    requests: torch.Tensor  # [R, 4] from `paged_extend.request_table`
+    # The last layer's: only the queries whose outputs the model keeps (`keep_rows`), as one
+    # suffix of each request's rows (usually its last row); a request with none is left out.
+    last_layer: torch.Tensor
+
+
 class TorchAttention(AttentionBackend):
     def __init__(
         self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None
@@ -59,13 +76,22 @@ class TorchAttention(AttentionBackend):
         self._restore: torch.Tensor | None = None  # undoes the grouping's reordering
         self._extends: list[_Extend] = []
         self._kernel = False  # the C++ decode kernel runs: no grouping needed
+        self._extend_kernel = False  # the C++ extend kernel runs prompts
+        self._kernel_extends: _KernelExtends | None = None
+        self._out_run: int | None = None  # the step's first slot, when its slots are one run
 
     def warm_up(self, device: torch.device) -> None:
         """Build (or load) the C++ decode kernel now, not under the first request."""
         self._kernel = kernel_available(device, self.head_dim)
+        self._extend_kernel = extend_kernel_available(device, self.head_dim)
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []
+        self._kernel_extends = None
+        self._out_run = None
+        slots = batch.out_slots
+        if slots.device.type == "cpu" and (slots.numel() == 1 or bool((slots.diff() == 1).all())):
+            self._out_run = int(slots[0])
         offsets = list(itertools.accumulate(batch.extend_lens, initial=0))
         # One-token rows (decodes, and prompts cached up to their last token) take the
         # batched decode path even in a batch that also extends prompts (chunked prefill).
@@ -118,8 +144,39 @@ class TorchAttention(AttentionBackend):
             restore[torch.tensor(flat_order)] = torch.arange(len(flat_order))
             self._restore = restore.to(device)
 
+    def _prepare_kernel_extends(
+        self, batch: ForwardBatch, picks: list[int], offsets: list[int]
+    ) -> _KernelExtends:
+        seqs = [batch.seq_lens[i] for i in picks]
+        exts = [batch.extend_lens[i] for i in picks]
+        starts = [offsets[i] for i in picks]
+        slot_offsets = list(itertools.accumulate(seqs[:-1], initial=0))
+        kept = range(batch.num_tokens) if batch.keep_rows is None else batch.keep_rows
+        first_kept: list[int | None] = [None] * len(picks)  # per request, from its start
+        j = 0
+        for row in kept:  # ascending, like the requests' rows
+            while j < len(picks) and row >= starts[j] + exts[j]:
+                j += 1
+            if j == len(picks):
+                break
+            if row >= starts[j] and first_kept[j] is None:
+                first_kept[j] = row - starts[j]
+        last = [
+            (starts[j] + a, exts[j] - a, slot_offsets[j], seqs[j])
+            for j, a in enumerate(first_kept)
+            if a is not None
+        ]
+        return _KernelExtends(
+            torch.cat([batch.slot_table[batch.table_rows[i], :n] for i, n in zip(picks, seqs)]),
+            request_table(starts, exts, slot_offsets, seqs),
+            request_table(*(list(c) for c in zip(*last))) if last else _NO_REQUESTS,
+        )
+
     def _prepare_extend(self, batch: ForwardBatch, picks: list[int], offsets: list[int]) -> None:
         device = batch.input_ids.device
+        if self._extend_kernel and device.type == "cpu":
+            self._kernel_extends = self._prepare_kernel_extends(batch, picks, offsets)
+            return
         for i in picks:
             row, prefix = batch.table_rows[i], batch.prefix_lens[i]
             extend, seq = batch.extend_lens[i], batch.seq_lens[i]
@@ -154,12 +211,26 @@ class TorchAttention(AttentionBackend):
     ) -> torch.Tensor:
         k_cache = batch.kv_pool.k[layer_id]  # [num_slots, Hkv, D]
         v_cache = batch.kv_pool.v[layer_id]
-        k_cache.index_copy_(0, batch.out_slots, k)
-        v_cache.index_copy_(0, batch.out_slots, v)
-        if not self._extends:
+        if self._out_run is not None:  # one ascending run of slots: a plain copy
+            k_cache[self._out_run : self._out_run + k.shape[0]].copy_(k)
+            v_cache[self._out_run : self._out_run + v.shape[0]].copy_(v)
+        else:
+            k_cache.index_copy_(0, batch.out_slots, k)
+            v_cache.index_copy_(0, batch.out_slots, v)
+        if self._kernel_extends is not None:
+            out = torch.empty_like(q)
+            ext = self._kernel_extends
+            last = layer_id == batch.kv_pool.k.shape[0] - 1
+            requests = ext.last_layer if last else ext.requests
+            if requests.shape[0]:
+                paged_extend(
+                    q, k_cache, v_cache, ext.slots, requests, self.scale, self.sliding_window, out
+                )
+        elif self._extends:
+            out = torch.empty_like(q)
+            self._extend(q, k_cache, v_cache, out)
+        else:
             return self._decode(q, k_cache, v_cache)
-        out = torch.empty_like(q)
-        self._extend(q, k_cache, v_cache, out)
         for group in self._groups:  # a mixed batch's one-token rows
             assert group.members is not None  # only a whole-batch group has none
             rows = paged_decode(

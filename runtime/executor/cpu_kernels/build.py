@@ -15,7 +15,10 @@ from pathlib import Path
 
 logger = logging.getLogger("loomlm.kernels")
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("paged_decode.cpp", "blocked_linear.cpp")]
+_SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("paged_decode.cpp", "blocked_linear.cpp", "extend_attention.cpp")
+]
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
 

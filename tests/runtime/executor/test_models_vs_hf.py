@@ -50,6 +50,25 @@ def test_prompt_logprobs_through_engine_match(variant):
     assert (ours - expected).abs().max().item() <= 1e-4
 
 
+def test_prompt_logprobs_from_a_middle_position_in_a_batch_match(variant):
+    """Past the last layer's attention the model runs only the rows that need logits: here a
+    suffix of each prompt, from a middle position, all prompts in one step."""
+    _, _, hf, engine = variant
+    prompts = prompts_of_lengths([30, 9, 50], 512, seed=5)
+    outs = engine.generate(
+        input_ids=prompts,
+        sampling_params={"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+        return_logprob=True,
+        logprob_start_len=6,
+    )
+    for ids, out in zip(prompts, outs):
+        assert out.output_ids == hf_greedy(hf, ids, 4)
+        ref = torch.log_softmax(hf_logits(hf, ids), -1)
+        ours = torch.tensor([e[0] for e in out.input_token_logprobs[1:]])
+        expected = ref[torch.arange(6, len(ids) - 1), torch.tensor(ids[7:])]
+        assert (ours - expected).abs().max().item() <= 1e-4
+
+
 def test_greedy_single_request_matches(variant):
     _, _, hf, engine = variant
     ids = prompts_of_lengths([12], 512, seed=1)[0]
@@ -191,7 +210,7 @@ def test_a_step_split_into_several_forwards_matches(variant, monkeypatch):
     monkeypatch.setattr(
         engine.runner,
         "model_step",
-        lambda ids, pos: forwards.append(len(ids)) or real_step(ids, pos),
+        lambda ids, *rest: forwards.append(len(ids)) or real_step(ids, *rest),
     )
     prompts = prompts_of_lengths([20, 64, 9, 33, 17, 30, 2], 512, seed=9)
     outs = engine.generate(
