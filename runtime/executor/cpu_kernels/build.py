@@ -52,7 +52,7 @@ def _build() -> bool:
         logger.warning("C++ CPU kernels unavailable: no C++ compiler (CXX, or c++ on the PATH)")
         return False
     start = time.perf_counter()
-    logger.info("loading the C++ CPU kernels (a first build on a machine takes ~20 s)")
+    logger.info("loading the C++ CPU kernels (a first build on a machine takes ~30 s)")
     try:
         cpp_extension.load(
             name="loomlm_cpu_kernels",
