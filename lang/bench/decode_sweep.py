@@ -14,10 +14,14 @@ same weights. Printed per engine and size:
 llama.cpp's figures come from `llama-batched-bench` (S_TG for decode, prompt plus decode time
 for e2e; it warms up itself, so it has no first-run figure) and `llama-bench -p 1024 -n 0`.
 
-The weight-streaming roofline is measured in the same run: the bandwidth of a sum over 512 MB
-with all threads, over the bytes of weights a decode step reads (every parameter but the
-embedding table); the median of seven sums. Batch-1 decode is reported as a share of it. Foreign load on the machine is
-logged for every measurement.
+The weight-streaming roofline is measured in the same run, around each engine: the bandwidth
+of a sum over 512 MB with all threads (the median of five sums, right before and right after
+the engine's runs), over the bytes of weights a decode step reads (every parameter but the
+embedding table). The VM's streaming speed drifts between ~30 and ~50 GB/s over minutes, so a
+single figure taken at the start of a dtype could be minutes and a whole regime away from an
+engine's batch-1 run; each engine's batch-1 decode is reported as a share of the roofline
+measured around its own runs, and batch-1 ratios are given both raw and per GB/s streamed.
+Foreign load on the machine is logged for every measurement.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,6 +58,30 @@ class Row(NamedTuple):
     decode_warm: float | None
     prefill: float | None = None  # tok/s, batch 0 only
     load: float = 0.0
+    stream: float | None = None  # GB/s a sum streamed around this engine's runs
+
+
+def streaming_gbps() -> float:
+    """The median GB/s of five sums over 512 MB with all threads: the machine's streaming now."""
+    import torch
+
+    data = torch.ones(128 << 20)
+    data.sum()  # first touch
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        rates.append(data.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def _around(run: Callable[[], list[Row]]) -> list[Row]:
+    """`run()`'s rows, each carrying the streaming speed measured right before and after it."""
+    before = streaming_gbps()
+    rows = run()
+    after = streaming_gbps()
+    print(f"  .. streaming {before:.1f} GB/s before, {after:.1f} after", file=sys.stderr)
+    return [r._replace(stream=(before + after) / 2) for r in rows]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -236,8 +265,8 @@ def run_llama_cpp(
     return rows + [Row("llama.cpp", dtype, 0, None, None, None, prefill=prefill, load=load)]
 
 
-def weight_roofline(model_dir: Path, dtype: str) -> tuple[float, float]:
-    """(streaming GB/s measured now, bytes of weights one decode step reads)."""
+def step_weight_bytes(model_dir: Path, dtype: str) -> float:
+    """Bytes of weights one decode step reads: every parameter but the embedding table."""
     import torch
     from safetensors import safe_open
 
@@ -247,14 +276,7 @@ def weight_roofline(model_dir: Path, dtype: str) -> tuple[float, float]:
         for name in f.keys():
             if "embed_tokens" not in name:  # a decode step reads B rows of it, not all
                 total += math.prod(f.get_slice(name).get_shape())
-    data = torch.ones(128 << 20)  # 512 MB
-    rates = []
-    for _ in range(7):
-        start = time.perf_counter()
-        data.sum()
-        rates.append(data.numel() * 4 / (time.perf_counter() - start) / 1e9)
-    # the median: single sums on this kind of VM range from 25 to 50 GB/s
-    return statistics.median(rates), float(total * elem)
+    return float(total * elem)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -269,48 +291,50 @@ def main(args: argparse.Namespace) -> None:
         f"model: {model_dir.name}, torch {torch.__version__}, {threads} threads; {PROMPT_LEN}-token prompts, {NEW_TOKENS} new tokens"
     )
     rows: list[Row] = []
-    rooflines = {}
+    step_bytes = {}
     for dtype in args.dtypes.split(","):
-        bandwidth, step_bytes = weight_roofline(model_dir, dtype)
-        rooflines[dtype] = (bandwidth, step_bytes)
+        step_bytes[dtype] = step_weight_bytes(model_dir, dtype)
         if "vllm" in engines and args.vllm_python:
             try:
-                rows += run_vllm_rows(args.vllm_python, model_dir, dtype, sizes, threads)
+                rows += _around(
+                    partial(run_vllm_rows, args.vllm_python, model_dir, dtype, sizes, threads)
+                )
             except RuntimeError as exc:
                 print(f"vLLM {dtype} failed: {exc}", file=sys.stderr)
         if "llama.cpp" in engines and args.llama_cpp_bin and dtype in ggufs:
-            rows += run_llama_cpp(
-                Path(args.llama_cpp_bin), Path(ggufs[dtype]), dtype, sizes, threads
+            bench = partial(
+                run_llama_cpp, Path(args.llama_cpp_bin), Path(ggufs[dtype]), dtype, sizes, threads
             )
+            rows += _around(bench)
         if "loomlm" in engines:
-            rows += run_loomlm(model_dir, dtype, sizes)
+            rows += _around(partial(run_loomlm, model_dir, dtype, sizes))
         if "transformers" in engines:
-            rows += run_transformers(model_dir, dtype, sizes)
-    _report(rows, rooflines, sizes)
+            rows += _around(partial(run_transformers, model_dir, dtype, sizes))
+    _report(rows, step_bytes, sizes)
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def _report(rows: list[Row], rooflines: dict[str, tuple[float, float]], sizes: list[int]) -> None:
-    for dtype, (bandwidth, step_bytes) in rooflines.items():
-        roof = bandwidth * 1e9 / step_bytes
+def _report(rows: list[Row], step_bytes: dict[str, float], sizes: list[int]) -> None:
+    for dtype, nbytes in step_bytes.items():
+        print(f"\n== {dtype}: {nbytes / 1e6:.0f} MB of weights per decode step")
         print(
-            f"\n== {dtype}: streaming {bandwidth:.1f} GB/s, {step_bytes / 1e6:.0f} MB of weights per step: batch-1 roofline {roof:.1f} tok/s"
-        )
-        print(
-            f"{'engine':<22} {'batch':>5} {'e2e first':>10} {'e2e warm':>9} {'decode':>8} {'prefill':>8} {'load':>5}"
+            f"{'engine':<22} {'batch':>5} {'e2e first':>10} {'e2e warm':>9} {'decode':>8} {'prefill':>8} {'load':>5} {'GB/s':>5}"
         )
         ours = {r.batch: r for r in rows if r.dtype == dtype and r.engine == "loomlm"}
         for r in [r for r in rows if r.dtype == dtype]:
             batch = "1024p" if r.batch == 0 else str(r.batch)
             print(
-                f"{r.engine:<22} {batch:>5} {_fmt(r.e2e_first):>10} {_fmt(r.e2e_warm):>9} {_fmt(r.decode_warm):>8} {_fmt(r.prefill):>8} {r.load:5.2f}"
+                f"{r.engine:<22} {batch:>5} {_fmt(r.e2e_first):>10} {_fmt(r.e2e_warm):>9} {_fmt(r.decode_warm):>8} {_fmt(r.prefill):>8} {r.load:5.2f} {_fmt(r.stream):>5}"
             )
-        one = ours.get(1)
-        if one and one.decode_warm:
-            print(f"loomlm batch-1 decode: {one.decode_warm / roof:.0%} of the roofline")
+        for r in rows:  # batch 1 against the roofline measured around each engine's own runs
+            if r.dtype == dtype and r.batch == 1 and r.decode_warm and r.stream:
+                roof = r.stream * 1e9 / nbytes
+                print(
+                    f"{r.engine} batch-1 decode: {r.decode_warm / roof:.0%} of the roofline ({roof:.1f} tok/s at {r.stream:.1f} GB/s)"
+                )
         for r in rows:
             if r.dtype != dtype or r.engine == "loomlm" or r.batch not in ours:
                 continue
@@ -318,8 +342,12 @@ def _report(rows: list[Row], rooflines: dict[str, tuple[float, float]], sizes: l
             if r.batch == 0 and r.prefill and mine.prefill:
                 print(f"loomlm / {r.engine} prefill: {mine.prefill / r.prefill:.2f}x")
             elif r.batch and r.e2e_warm and mine.e2e_warm and r.decode_warm and mine.decode_warm:
+                per_gbps = ""
+                if r.batch == 1 and r.stream and mine.stream:  # bound by streaming at batch 1
+                    scale = r.stream / mine.stream
+                    per_gbps = f"; per GB/s streamed: e2e {mine.e2e_warm / r.e2e_warm * scale:.2f}x, decode {mine.decode_warm / r.decode_warm * scale:.2f}x"
                 print(
-                    f"loomlm / {r.engine} b={r.batch}: e2e {mine.e2e_warm / r.e2e_warm:.2f}x, decode {mine.decode_warm / r.decode_warm:.2f}x"
+                    f"loomlm / {r.engine} b={r.batch}: e2e {mine.e2e_warm / r.e2e_warm:.2f}x, decode {mine.decode_warm / r.decode_warm:.2f}x{per_gbps}"
                 )
         for b in sizes:
             sized = ours.get(b)

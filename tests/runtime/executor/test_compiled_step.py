@@ -114,9 +114,10 @@ def test_without_a_compiler_the_engine_warns_once_and_runs_eagerly(tmp_path):
 
 
 @needs_compiler
-def test_a_second_engine_in_the_process_computes_with_its_own_weights(tmp_path, monkeypatch):
-    """Engines of one shape share the compiled graphs (parameters, packed weights included,
-    are graph inputs, not constants): the second must run on its own weights, not the first's."""
+def test_engines_in_one_process_compute_with_their_own_weights_and_shapes(tmp_path, monkeypatch):
+    """Each engine compiles its own graphs with dynamo's guards on its modules turned off: two
+    engines of one shape (other weights) and one of another shape, alive at once and used in
+    turn, must each run their own model, and no step after start-up compiles."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -135,12 +136,18 @@ def test_a_second_engine_in_the_process_computes_with_its_own_weights(tmp_path, 
         },
         second_path / "model.safetensors",
     )
-    prompt = prompts_of_lengths([10], 512, seed=11)[0]
-    for path in (first_path, second_path):
-        engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=512)
-        try:
-            assert engine.runner.model_step.compiled
-            out = engine.generate(input_ids=prompt, sampling_params=GREEDY_24).output_ids
-            assert out == hf_greedy(hf_model(path), prompt, 24)
-        finally:
+    paths = [first_path, second_path, make_checkpoint(tmp_path, "qwen3")]
+    engines = [Engine(p, skip_tokenizer_init=True, max_total_tokens=512) for p in paths]
+    try:
+        assert all(e.runner.model_step.compiled for e in engines)
+        compiled_at_start = _compiles()
+        hfs = [hf_model(p) for p in paths]
+        for seed in (11, 12):  # in turn, twice: each engine's graphs stay its own
+            prompt = prompts_of_lengths([10], 512, seed=seed)[0]
+            for engine, hf in zip(engines, hfs):
+                out = engine.generate(input_ids=prompt, sampling_params=GREEDY_24).output_ids
+                assert out == hf_greedy(hf, prompt, 24)
+        assert _compiles() == compiled_at_start, "serving compiled a new graph"
+    finally:
+        for engine in engines:
             engine.shutdown()
