@@ -40,6 +40,8 @@ from ..scheduler.output_processor import OutputProcessor, TokenTimings
 from ..scheduler.scheduler import Scheduler
 from ..utils.openmp import release_thread_pool
 from ..utils.threads import threadsafe_put
+from ..weights.service import WeightService
+from ..weights.updater import NamedTensors, WeightUpdater
 from .config import EngineConfig
 from .input_checks import Limits, prompt_chars_bound
 from .inputs import RequestSpec, SpecBuilder, make_request
@@ -169,6 +171,12 @@ class Engine:
             self.outputs,
             arrival_wait,
             config.limits.max_queued_requests,
+        )
+        self._weights = WeightService(
+            WeightUpdater(self.model, model_config, self.dtype),
+            self._loop.call,
+            self.scheduler.invalidate_cache,
+            self._set_weight_version,
         )
         if self.device.type == "cpu":
             # Loading and compiling forked OpenMP teams in this thread; the engine thread's
@@ -352,8 +360,74 @@ class Engine:
             self.grammars.flush()
         return flushed
 
+    # -- weights (RLHF refit; SGLang's names) -----------------------------------------------
+    def update_weights_from_tensor(
+        self,
+        named_tensors: NamedTensors,
+        flush_cache: bool = True,
+        weight_version: str | None = None,
+    ) -> str:
+        """Copy new weights into the model in place: `named_tensors` are (name, tensor) pairs
+        (or a dict) named as a Hugging Face model's `named_parameters()` names them, in any
+        floating dtype, any subset of the model's weights. Checked whole before anything is
+        written; written between two steps. Returns the new weight version (`weight_version`
+        if given, else the count of updates). `flush_cache` (default) keeps KV computed with
+        the old weights from ever being read again; False keeps the prefix cache as it is."""
+        return self._weights.update_from_tensor(named_tensors, flush_cache, weight_version)
+
+    def update_weights_from_disk(
+        self, model_path: str | Path, flush_cache: bool = True, weight_version: str | None = None
+    ) -> str:
+        """Every weight from a checkpoint directory of this model's architecture and shapes,
+        read one tensor at a time (generation waits while it is written)."""
+        return self._weights.update_from_disk(model_path, flush_cache, weight_version)
+
+    def init_weights_update_group(
+        self,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str = "weight_update_group",
+        backend: str = "gloo",
+    ) -> None:
+        """Join a trainer's torch.distributed group (the trainer is rank 0 and hosts its
+        store at master_address:master_port) as rank `rank_offset`; returns once all have
+        joined. `backend`: gloo (CPU tensors) or nccl."""
+        self._weights.init_group(
+            master_address, master_port, rank_offset, world_size, group_name, backend
+        )
+
+    def update_weights_from_distributed(
+        self,
+        names: Sequence[str],
+        dtypes: Sequence[str | torch.dtype],
+        shapes: Sequence[Sequence[int]],
+        group_name: str = "weight_update_group",
+        flush_cache: bool = True,
+        weight_version: str | None = None,
+    ) -> str:
+        """Receive `names` from rank 0 of the group, one broadcast each in order, with the
+        given dtypes and shapes; then write them as `update_weights_from_tensor` does."""
+        return self._weights.update_from_distributed(
+            names, dtypes, shapes, group_name, flush_cache, weight_version
+        )
+
+    def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> None:
+        self._weights.destroy_group(group_name)
+
+    def get_weight_version(self) -> str:
+        """ "default" for the weights loaded at start, then what each update set."""
+        return self._weights.version
+
+    def _set_weight_version(self, version: str) -> None:
+        self.outputs.weight_version = version
+
     def shutdown(self) -> None:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""
+        weights = getattr(self, "_weights", None)
+        if weights is not None:
+            weights.close()
         if self._loop.alive:
             self._loop.stop()
         if self.grammars is not None:

@@ -23,6 +23,12 @@ class GenerateOutput(NamedTuple):
     output_top_logprobs: list[list[list]] | None
     e2e_latency: float
     num_preemptions: int
+    # The version of the weights when the request finished (engine.get_weight_version): an
+    # update while it ran means its earlier tokens came from the version before.
+    weight_version: str = "default"
+    # per output token, the log of the probability mass min-p / top-k / top-p kept
+    # (sampling params return_kept_mass); None when not asked
+    output_kept_log_mass: list[float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -32,7 +38,10 @@ class GenerateOutput(NamedTuple):
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "e2e_latency": self.e2e_latency,
+            "weight_version": self.weight_version,
         }
+        if self.output_kept_log_mass is not None:
+            meta["output_token_kept_log_mass"] = self.output_kept_log_mass
         if self.output_token_logprobs is not None:
             meta["input_token_logprobs"] = self.input_token_logprobs
             meta["output_token_logprobs"] = self.output_token_logprobs
@@ -43,7 +52,7 @@ class GenerateOutput(NamedTuple):
         return {"text": self.text, "output_ids": self.output_ids, "meta_info": meta}
 
     @classmethod
-    def of(cls, req: Request) -> GenerateOutput:
+    def of(cls, req: Request, weight_version: str = "default") -> GenerateOutput:
         lp = req.logprob
         end = req.finish_time if req.finish_time is not None else req.arrival_time
         return cls(
@@ -60,6 +69,10 @@ class GenerateOutput(NamedTuple):
             output_top_logprobs=list(req.output_top_logprobs) if lp.enabled and lp.top_k else None,
             e2e_latency=end - req.arrival_time,
             num_preemptions=req.num_preemptions,
+            weight_version=weight_version,
+            output_kept_log_mass=(
+                list(req.output_kept_log_mass) if req.params.return_kept_mass else None
+            ),
         )
 
 

@@ -43,6 +43,7 @@ class ItemResult(NamedTuple):
     # prompt entries completed this step: (logprob, token id) and optional top-k rows
     prompt_logprobs: list[tuple[float, int]]
     prompt_top: list[list[tuple[float, int]]]
+    kept_log_mass: float | None = None  # what min-p / top-k / top-p kept (when asked)
 
 
 class StepOutputs(NamedTuple):
@@ -56,6 +57,7 @@ class StepOutputs(NamedTuple):
     prompt_logprobs: torch.Tensor | None = None  # [prompt rows]
     prompt_top_logprobs: torch.Tensor | None = None  # [prompt rows, k]
     prompt_top_ids: torch.Tensor | None = None  # [prompt rows, k]
+    kept_log_mass: torch.Tensor | None = None  # [samplers]
 
 
 class HostOutputs(NamedTuple):
@@ -68,6 +70,7 @@ class HostOutputs(NamedTuple):
     prompt_logprobs: list[float]
     prompt_top_logprobs: list[list[float]]
     prompt_top_ids: list[list[int]]
+    kept_log_mass: list[float]
 
 
 class ModelRunner:
@@ -136,6 +139,7 @@ class ModelRunner:
                 logprobs=out.logprobs,
                 top_logprobs=out.top_logprobs,
                 top_ids=out.top_ids,
+                kept_log_mass=out.kept_log_mass,
             )
         return self._results(items, _to_host(step), prompt_spans, prompt_targets)
 
@@ -261,15 +265,17 @@ class ModelRunner:
                     list(zip(host.prompt_top_logprobs[j][:k], host.prompt_top_ids[j][:k]))
                     for j in range(first, last)
                 ]
-            next_id = lp = top = None
+            next_id = lp = top = kept = None
             if item.sample:
                 next_id = host.next_ids[sample_idx]
+                if host.kept_log_mass:
+                    kept = host.kept_log_mass[sample_idx]
                 if host.logprobs:
                     lp = host.logprobs[sample_idx]
                 if host.top_logprobs and k:
                     top = list(zip(host.top_logprobs[sample_idx][:k], host.top_ids[sample_idx][:k]))
                 sample_idx += 1
-            results.append(ItemResult(next_id, lp, top, prompt_lp, prompt_top))
+            results.append(ItemResult(next_id, lp, top, prompt_lp, prompt_top, kept))
         return results
 
 

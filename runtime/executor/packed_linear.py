@@ -113,6 +113,21 @@ class PackedLinear(nn.Module):
         return _PACKED_MATMUL(x, packed, self.bias, self.out_features)
 
 
+def unpack_onednn(layer: PackedLinear) -> torch.Tensor:
+    """The plain [out, in] weight of a oneDNN-packed layer. oneDNN's layout is opaque, so it
+    is read back through the layer's own product with the identity: every output is one
+    weight times 1 plus zeros, which is exact in any dtype."""
+    eye = torch.eye(layer.in_features, dtype=layer.packed.dtype)
+    return _PACKED_MATMUL(eye, layer.packed, None, layer.out_features).t().contiguous()
+
+
+def repack_onednn(layer: PackedLinear, weight: torch.Tensor) -> None:
+    """Replace a oneDNN-packed layer's weight by `weight` [out, in], in the same layouts."""
+    layer.packed = torch.ops.mkldnn._reorder_linear_weight(weight, ONE_ROW)
+    if layer.packed_many is not None:
+        layer.packed_many = torch.ops.mkldnn._reorder_linear_weight(weight, MANY_ROWS)
+
+
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type != "cpu" or dtype not in PACKED_DTYPES:
         return False

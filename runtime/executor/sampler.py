@@ -46,9 +46,11 @@ class TokenMasks(NamedTuple):
 
 class SamplerOutput(NamedTuple):
     next_ids: torch.Tensor  # [B] int64
-    logprobs: torch.Tensor | None  # [B] float32: raw logprob of each chosen token
+    logprobs: torch.Tensor | None  # [B] float32: logprob of each chosen token (row's mode)
     top_logprobs: torch.Tensor | None  # [B, K] float32
     top_ids: torch.Tensor | None  # [B, K] int64
+    # [B] float32: log of the probability mass min-p / top-k / top-p kept (0: nothing cut)
+    kept_log_mass: torch.Tensor | None = None
 
 
 class Sampler:
@@ -63,9 +65,11 @@ class Sampler:
         # logits: [B, V] float32
         raw_input = logits
         logprobs = top_lp = top_ids = None
+        processed = want_logprobs and any(r.params.logprobs_mode == "processed" for r in rows)
+        want_kept = any(r.params.return_kept_mass for r in rows)
         if want_logprobs:
-            # Logprobs are the model's own distribution, before temperature and penalties
-            # (what RL trainers compare with their own forward pass).
+            # "raw" logprobs are the model's own distribution, before temperature and
+            # penalties; "processed" ones are under the distribution sampled from.
             raw = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits, rows)
         logits = self._suppress(logits, rows)
@@ -74,18 +78,48 @@ class Sampler:
                 logits = logits.clone()  # the caller's logits are not ours to change
             apply_token_bitmask_(logits, masks.bitmask, masks.rows.to(logits.device))
         greedy = [r.params.is_greedy for r in rows]
+        kept = None  # [B, V] what sampling kept of each row's tempered softmax
         if all(greedy):
             next_ids = logits.argmax(dim=-1)
         else:
-            next_ids = self._sample(logits, rows)
+            next_ids, kept = self._sample(logits, rows, processed or want_kept)
             if any(greedy):
                 mask = torch.tensor(greedy, device=logits.device)
                 next_ids = torch.where(mask, logits.argmax(dim=-1), next_ids)
+        kept_log_mass = None
+        if want_kept:
+            kept_log_mass = torch.zeros(len(rows), device=logits.device)
+            if kept is not None:  # greedy rows keep everything: 0
+                sampled = ~torch.tensor(greedy, device=logits.device)
+                kept_log_mass = torch.where(sampled, kept.sum(-1).log(), kept_log_mass)
         if want_logprobs:
-            logprobs = raw.gather(1, next_ids[:, None]).squeeze(1)
+            table = raw
+            if processed:
+                table = self._processed_logprobs(raw, logits, kept, rows, greedy)
+            logprobs = table.gather(1, next_ids[:, None]).squeeze(1)
             if top_k_logprobs > 0:
-                top_lp, top_ids = raw.topk(top_k_logprobs, dim=-1)
-        return SamplerOutput(next_ids, logprobs, top_lp, top_ids)
+                top_lp, top_ids = table.topk(top_k_logprobs, dim=-1)
+        return SamplerOutput(next_ids, logprobs, top_lp, top_ids, kept_log_mass)
+
+    @staticmethod
+    def _processed_logprobs(
+        raw: torch.Tensor,
+        logits: torch.Tensor,
+        kept: torch.Tensor | None,
+        rows: list[SamplingRow],
+        greedy: list[bool],
+    ) -> torch.Tensor:
+        """Each row's log-distribution in its mode: raw rows as they are; processed greedy
+        rows the softmax of the processed logits; processed sampled rows what sampling kept,
+        renormalised (-inf where it cut)."""
+        device = raw.device
+        table = torch.log_softmax(logits, dim=-1)
+        if kept is not None:
+            sampled = ~torch.tensor(greedy, device=device)
+            drawn = (kept / kept.sum(-1, keepdim=True)).log()
+            table = torch.where(sampled[:, None], drawn, table)
+        mode = torch.tensor([r.params.logprobs_mode == "processed" for r in rows], device=device)
+        return torch.where(mode[:, None], table, raw)
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -118,7 +152,11 @@ class Sampler:
         return logits
 
     @staticmethod
-    def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def _sample(
+        logits: torch.Tensor, rows: list[SamplingRow], want_kept: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sampled ids, and (`want_kept`) what sampling kept of each row's tempered softmax,
+        [B, V] in vocabulary order: the probabilities min-p, top-k and top-p left, the rest 0."""
         device = logits.device
         temps = torch.tensor([max(r.params.temperature, 1e-6) for r in rows], device=device)
         probs = torch.softmax(logits / temps[:, None], dim=-1)
@@ -133,7 +171,7 @@ class Sampler:
         )
         needs_sort = any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows)
         if not needs_sort:
-            return _inverse_cdf(probs, uniforms)
+            return _inverse_cdf(probs, uniforms), probs if want_kept else None
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         vocab = probs.shape[1]
         top_k = torch.tensor(
@@ -147,7 +185,10 @@ class Sampler:
         )
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         picked = _inverse_cdf(sorted_probs, uniforms)
-        return order.gather(1, picked[:, None]).squeeze(1)
+        ids = order.gather(1, picked[:, None]).squeeze(1)
+        if not want_kept:
+            return ids, None
+        return ids, torch.zeros_like(probs).scatter_(1, order, sorted_probs)
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,12 @@ class PrefixCache(ABC):
     def flush(self) -> None:
         """Free everything. Refused (RuntimeError) while any path is locked."""
 
+    @abstractmethod
+    def retire(self) -> None:
+        """Make every entry unreachable by later matches (the weights changed while requests
+        run): unlocked ones are freed now, locked ones as their holders unlock them. The
+        holders must not hand their KV to the cache afterwards."""
+
     @property
     @abstractmethod
     def evictable_size(self) -> int: ...
@@ -124,6 +130,9 @@ class NoPrefixCache(PrefixCache):
         return 0
 
     def flush(self) -> None:
+        pass
+
+    def retire(self) -> None:
         pass
 
     @property

@@ -18,7 +18,7 @@ from .prefix_cache import EMPTY_SLOTS, FreeSlots, PrefixCache, PrefixMatch
 
 
 class _Node:
-    __slots__ = ("key", "slots", "children", "parent", "lock_ref", "last_access")
+    __slots__ = ("key", "slots", "children", "parent", "lock_ref", "last_access", "retired")
 
     def __init__(self, key: list[int], slots: torch.Tensor, parent: _Node | None) -> None:
         self.key = key  # the edge's token ids, len(key) == len(slots)
@@ -27,6 +27,7 @@ class _Node:
         self.parent = parent
         self.lock_ref = 0  # running requests whose locked path passes through this node
         self.last_access = 0
+        self.retired = False  # out of the tree (retire): freed when its last lock goes
 
 
 def _common_len(key: list[int], tokens: Sequence[int], start: int) -> int:
@@ -143,7 +144,10 @@ class RadixCache(PrefixCache):
             node.lock_ref -= 1
             if node.lock_ref == 0:
                 self._protected -= len(node.key)
-                self._evictable += len(node.key)
+                if node.retired:  # its descendants, unlocked before it, are freed already
+                    self._free(node.slots)
+                else:
+                    self._evictable += len(node.key)
             node = node.parent
 
     # -- eviction ----------------------------------------------------------------------------
@@ -175,6 +179,18 @@ class RadixCache(PrefixCache):
         evicted = self._evicted
         self._reset()
         self._evicted = evicted
+
+    def retire(self) -> None:
+        held = [node for node in self.nodes() if node.lock_ref]  # whole paths from the root
+        for node in self.nodes():
+            if not node.lock_ref:  # an unlocked node's whole subtree is unlocked
+                self._free(node.slots)
+        for node in held:  # unlock walks up through parents: the links down are not needed
+            node.retired = True
+            node.children = {}
+        self.root.children = {}
+        self._leaves = set()
+        self._evictable = 0
 
     # -- accounting --------------------------------------------------------------------------
     @property

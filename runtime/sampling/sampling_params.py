@@ -10,6 +10,7 @@ from ..utils.checks import check_bool, check_float, check_int, shown
 from .stop_strings import StopStrings, stop_strings_for
 
 GREEDY_BELOW = 1e-6  # a temperature under this means greedy, as in SGLang
+LOGPROBS_MODES = ("raw", "processed")
 
 
 @dataclass(slots=True)
@@ -37,6 +38,14 @@ class SamplingParams:
     no_stop_trim: bool = False
     n: int = 1
     seed: int | None = None
+    # Which distribution a returned logprob is under (with return_logprob): "raw", the
+    # model's own softmax; "processed", the one the token was drawn from (penalties,
+    # temperature, min-p / top-k / top-p and their renormalisation; greedy requests: the
+    # softmax after penalties). `return_kept_mass` adds, per output token, the log of the
+    # probability mass min-p / top-k / top-p kept, so that a trainer can renormalise its own
+    # full-vocabulary logprobs over the same support.
+    logprobs_mode: str = "raw"
+    return_kept_mass: bool = False
     # Constraints (at most one): the output must match a regex, validate against a JSON
     # schema (a dict or its JSON text), derive from an EBNF / Lark grammar, or be one of
     # `choices`.
@@ -73,6 +82,11 @@ class SamplingParams:
         check_bool("skip_special_tokens", self.skip_special_tokens)
         check_bool("no_stop_trim", self.no_stop_trim)
         check_int("n", self.n, low=1)
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(
+                f"logprobs_mode: {shown(self.logprobs_mode)} is not one of {', '.join(LOGPROBS_MODES)}"
+            )
+        check_bool("return_kept_mass", self.return_kept_mass)
         if self.seed is not None:
             check_int("seed", self.seed, low=0, high=(1 << 64) - 1)
         self.constraint = check_constraint_fields(

@@ -36,7 +36,7 @@ def _final(req: Request, outputs: OutputProcessor) -> Event:
     except Exception as exc:  # the request has ended; its text could not be completed
         logger.exception("request %s: its text could not be decoded", req.rid)
         req.finish(internal_error(exc))
-    output = GenerateOutput.of(req)
+    output = GenerateOutput.of(req, outputs.weight_version)
     return _chunk(req, len(req.text), output) if req.stream else output
 
 

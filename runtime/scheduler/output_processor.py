@@ -38,6 +38,9 @@ class OutputProcessor:
         self.jump_forward = jump_forward
         self.jump_forward_tokens = 0  # tokens appended without sampling
         self.timings: list[TokenTimings] = []
+        # The weights' version when a request finishes goes in its output (weight updates
+        # set it on the engine thread, between steps).
+        self.weight_version = "default"
 
     def apply(self, item: ScheduledItem, res: ItemResult) -> None:
         """Record one item's results in its request; finishes it when a stop rule fires."""
@@ -51,6 +54,8 @@ class OutputProcessor:
         token = res.next_id
         req.output_ids.append(token)
         self._note_time(req)
+        if req.params.return_kept_mass:
+            req.output_kept_log_mass.append(res.kept_log_mass)
         if req.logprob.enabled:
             req.output_logprobs.append([res.logprob, token, self._text_of(req, token)])
             if req.logprob.top_k:

@@ -117,6 +117,8 @@ class Request:
     prefix: PrefixMatch | None = None
     # Slots taken for this request's coming decode tokens, in order (see DECODE_RUN).
     spare_slots: list[int] = field(default_factory=list)
+    # False once the weights change while it holds KV: that KV must not reach the cache
+    cacheable: bool = True
     cached_tokens: int = 0  # prompt tokens taken from the cache when first scheduled
     num_preemptions: int = 0
     enqueued_step: int = 0  # the scheduler step at which it last joined the waiting queue
@@ -125,6 +127,7 @@ class Request:
     output_logprobs: list[LogprobEntry] = field(default_factory=list)
     input_top_logprobs: list[list[LogprobEntry] | None] = field(default_factory=list)
     output_top_logprobs: list[list[LogprobEntry]] = field(default_factory=list)
+    output_kept_log_mass: list[float | None] = field(default_factory=list)  # when asked
     text: str = ""
     detokenized_ids: int = 0  # output tokens already fed to the detokenizer
     stop_checked_chars: int = 0  # text already searched for stop strings

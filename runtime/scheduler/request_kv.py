@@ -45,6 +45,7 @@ class RequestKV:
         self.pool.slot_table[row, :start] = match.slots
         self.pool.slot_table[row, start : start + take] = self._alloc(take)
         req.table_row, req.num_computed, req.prefix = row, start, match
+        req.cacheable = True  # its KV is computed from here on with the weights of now
 
     def extend(self, req: Request, take: int) -> None:
         """`take` more slots after the computed ones (the next prompt chunk); reserved."""
@@ -86,6 +87,8 @@ class RequestKV:
     def commit(self, req: Request) -> None:
         """Hand the computed KV to the cache while the request runs on: requests arriving
         meanwhile already share it."""
+        if not req.cacheable:  # computed partly with weights replaced since: kept to itself
+            return
         n = req.num_computed
         assert req.prefix is not None  # it runs
         row = self.pool.slot_table[req.table_row]
@@ -95,13 +98,13 @@ class RequestKV:
 
     def release(self, req: Request, keep_kv: bool = True) -> None:
         """Give back the request's row; its KV goes to the cache, or is freed when it may be
-        half written (a failed step)."""
+        half written (a failed step) or was computed partly with replaced weights."""
         if req.table_row is None:
             return
         assert req.prefix is not None  # a request with a row holds its cached prefix
         n = req.num_computed
         slots = self.pool.slot_table[req.table_row, :n].clone()
-        if keep_kv:
+        if keep_kv and req.cacheable:
             self.cache.cache_finished(req.fill_slice(0, n), slots, req.prefix)
         else:
             self.cache.unlock(req.prefix)

@@ -124,6 +124,18 @@ class Scheduler:
         self.cache.flush()
         return True
 
+    def invalidate_cache(self) -> None:
+        """After a weight update: no later request may read KV computed with the old weights.
+        Idle, the cache is emptied; otherwise it drops what no request holds and retires the
+        rest (freed as the holders end), and the requests holding KV keep it to themselves
+        until they end or are preempted (then recomputed with the new weights)."""
+        if not self.has_work():
+            self.cache.flush()
+            return
+        for req in self._active():
+            req.cacheable = False
+        self.cache.retire()
+
     # -- schedule ----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         self.compact_waiting()

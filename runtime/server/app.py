@@ -19,6 +19,7 @@ from .context import ServerContext, handler
 from .http_io import HTTPError, dumps, error_response
 from .native_api import NativeAPI
 from .openai_api import OpenAIAPI
+from .weights_api import WeightsAPI
 
 # Load balancers and orchestrators probe these without credentials.
 OPEN_PATHS = frozenset({"/health", "/health_generate"})
@@ -40,6 +41,7 @@ def create_app(engine: Engine, args: ServerArgs | None = None) -> Starlette:
     routes = [
         *NativeAPI(ctx).routes(),
         *OpenAIAPI(ctx).routes(),
+        *WeightsAPI(ctx).routes(),
         Route("/metrics", handler(metrics), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

@@ -53,6 +53,23 @@ class ServerArgs:
         None, "the model's threads on CPU (default: all cores but one, left to the HTTP server)"
     )
     log_level: str = option("info", "logging level", choices=("debug", "info", "warning", "error"))
+    # Weight updates (RLHF refit) replace the model and make the server connect to a trainer
+    # or read checkpoints: nothing a client sends does either unless the operator said so.
+    enable_weight_updates: bool = option(
+        False,
+        "accept /update_weights_from_tensor, /update_weights_from_distributed (trainers at "
+        "--weight-sync-hosts) and /update_weights_from_disk (under --weights-dir)",
+    )
+    weight_sync_hosts: str = option(
+        "127.0.0.1,localhost,::1",
+        "comma-separated trainer addresses /init_weights_update_group may connect to",
+    )
+    weights_dir: str | None = option(
+        None, "the directory under which /update_weights_from_disk may read checkpoints"
+    )
+    max_weight_update_bytes: int = option(
+        4 << 30, "largest body of /update_weights_from_tensor; larger ones get 413"
+    )
     engine: EngineConfig = group(EngineConfig)
 
     def __post_init__(self) -> None:

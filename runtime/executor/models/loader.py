@@ -76,8 +76,8 @@ def load_model(
     model.rotary.to(device, dtype)
     params = dict(model.named_parameters())
     filled: set[str] = set()
-    for name, tensor in _iter_checkpoint(model_dir):
-        target = _target_of(name, config)
+    for name, tensor in iter_checkpoint(model_dir):
+        target = target_of(name, config)
         if target is None:
             continue
         param_name, start = target
@@ -97,7 +97,7 @@ def load_model(
     return model.eval()
 
 
-def _iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -114,7 +114,7 @@ def _iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def _target_of(name: str, config: ModelConfig) -> tuple[str, int] | None:
+def target_of(name: str, config: ModelConfig) -> tuple[str, int] | None:
     """Map a checkpoint tensor name to (our parameter, first row it fills)."""
     if name == "model.embed_tokens.weight":
         return "embed_tokens.weight", 0

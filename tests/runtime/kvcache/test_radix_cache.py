@@ -232,3 +232,26 @@ def test_no_prefix_cache_frees_what_the_request_computed() -> None:
     assert cache.cache_running([1, 2, 3], torch.tensor([4, 5, 6]), match) is match
     cache.cache_finished([1, 2, 3], torch.tensor([4, 5, 6]), match)
     assert freed == [4, 5, 6] and cache.size == 0
+
+
+def test_retire_frees_what_no_one_holds_now_and_the_rest_as_it_is_unlocked() -> None:
+    """After a weight update while requests run: nothing cached before is matched again; what
+    no request holds is freed at once, what one holds when its last holder lets go."""
+    freed: list[int] = []
+    cache = RadixCache(lambda s: freed.extend(s.tolist()))
+    cache.insert([1, 2, 3], torch.tensor([10, 11, 12]))
+    cache.insert([1, 2, 4], torch.tensor([20, 21, 22]))  # keeps 10, 11 for [1, 2]
+    cache.insert([5, 6], torch.tensor([30, 31]))
+    held = cache.match_prefix([1, 2, 3])
+    cache.lock(held)
+    cache.retire()
+    assert sorted(freed) == [22, 30, 31]
+    assert cache.match_prefix([1, 2, 3]).length == 0 and not list(cache.nodes())
+    assert (cache.protected_size, cache.evictable_size) == (3, 0)
+    cache.insert([1, 2, 3], torch.tensor([40, 41, 42]))  # the same tokens, new KV: a new entry
+    assert cache.match_prefix([1, 2, 3]).slots.tolist() == [40, 41, 42]
+    cache.unlock(held)
+    assert sorted(freed) == [10, 11, 12, 22, 30, 31]
+    assert (cache.protected_size, cache.evictable_size) == (0, 3)
+    cache.flush()
+    assert sorted(freed) == [10, 11, 12, 22, 30, 31, 40, 41, 42]
