@@ -46,6 +46,7 @@ from .config import EngineConfig
 from .input_checks import Limits, prompt_chars_bound
 from .inputs import RequestSpec, SpecBuilder, make_request
 from .loop import ArrivalWait, EngineLoop, raise_if_error
+from .memory_occupation import MemoryOccupation
 from .outputs import Event, GenerateOutput, StreamChunk
 from .request_limits import RequestLimits
 from .stats import read_stats
@@ -56,6 +57,7 @@ logger = logging.getLogger("loomlm.engine")
 # Starting from an empty batch, how long to wait for the rest of a burst (see ArrivalWait):
 # a small share of one step's time on each device.
 ARRIVAL_WAIT = {"cpu": ArrivalWait(0.003, 0.03), "cuda": ArrivalWait(0.0005, 0.005)}
+PAUSE_MODES = ("abort", "retract", "in_place")
 
 
 class Engine:
@@ -172,6 +174,7 @@ class Engine:
             arrival_wait,
             config.limits.max_queued_requests,
         )
+        self._memory = MemoryOccupation(self.model, self.kv_pool, self.device)
         self._weights = WeightService(
             WeightUpdater(self.model, model_config, self.dtype),
             self._loop.call,
@@ -324,6 +327,7 @@ class Engine:
         """Start prepared requests, all or none (EngineOverloadedError past the queue limit).
         `on_event` is called from the engine thread with StreamChunks (when `stream`) and
         finally the GenerateOutput or last chunk; or with EngineDeadError."""
+        self._memory.check_serving("generate")
         make = partial(
             make_request, stream=stream, on_event=on_event, tokenizer=self.tokenizer,
             eos_ids=self.eos_ids, rng=self._rng,
@@ -419,6 +423,41 @@ class Engine:
     def get_weight_version(self) -> str:
         """ "default" for the weights loaded at start, then what each update set."""
         return self._weights.version
+
+    # -- memory and flow control (RL; SGLang's names) ---------------------------------------
+    def release_memory_occupation(self, tags: Sequence[str] | None = None) -> int:
+        """Give the memory of `tags` ("weights", "kv_cache"; None: both) back to the system
+        before returning (the bytes given back). Released weights read as zeros until an
+        update writes them; released KV takes the prefix cache with it; requests are refused
+        until resume_memory_occupation. The KV cache needs the engine idle (or paused with
+        mode abort or retract); the weights need it idle or paused."""
+        freed: int = self._loop.call(
+            lambda: self._memory.release(tags, self.scheduler, self._loop.paused)
+        )
+        return freed
+
+    def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
+        """Take back what release_memory_occupation gave (pages return as they are written)."""
+        self._loop.call(lambda: self._memory.resume(tags))
+
+    def pause_generation(self, mode: str = "abort") -> int:
+        """Stop running steps until continue_generation (new requests queue meanwhile);
+        returns how many requests `mode` acted on: "abort" ends every request in flight
+        (finish reason abort), "retract" sends the running ones back to the queue (their KV
+        released, recomputed when they resume), "in_place" keeps them and their KV."""
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(PAUSE_MODES)}")
+        count: int = self._loop.call(lambda: self._loop.pause(mode))
+        return count
+
+    def continue_generation(self) -> None:
+        """Run steps again after pause_generation (refused while memory is released)."""
+
+        def resume() -> None:
+            self._memory.check_serving("continue_generation")
+            self._loop.paused = False
+
+        self._loop.call(resume)
 
     def _set_weight_version(self, version: str) -> None:
         self.outputs.weight_version = version

@@ -75,6 +75,8 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._requests: dict[str, Request] = {}
         self.error: BaseException | None = None  # why the engine thread died, if it did
+        # pause_generation: no steps run; requests, aborts and calls are still taken in
+        self.paused = False
         self._thread = start_thread(self._run, "loomlm-engine")
 
     # -- called from any thread --------------------------------------------------------------
@@ -159,13 +161,28 @@ class EngineLoop:
                     self._emit(req)
                 self._drain_inbox()
                 return
-            if not self.scheduler.has_work():
+            if self.paused or not self.scheduler.has_work():
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
             if self.scheduler.num_running == 0 and self.arrival_wait.gap > 0:
                 self._await_burst()  # starting from an empty batch
             self._step()
+
+    def pause(self, mode: str) -> int:
+        """Stop stepping (the engine thread, through `call`); returns how many requests the
+        mode acted on. abort: every request in flight ends as aborted; retract: the running
+        ones go back to the queue, their KV released; in_place: they keep their KV and
+        resume where they stopped."""
+        self.paused = True
+        if mode == "abort":
+            ended = self.scheduler.abort_all("generation paused (pause_generation)")
+            for req in ended:
+                self._emit(req)
+            return len(ended)
+        if mode == "retract":
+            return self.scheduler.retract_all()
+        return self.scheduler.num_running
 
     def _die(self, exc: BaseException) -> None:
         """Fail every request in flight, and every one queued since, with EngineDeadError."""

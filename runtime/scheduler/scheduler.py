@@ -136,6 +136,15 @@ class Scheduler:
             req.cacheable = False
         self.cache.retire()
 
+    def retract_all(self) -> int:
+        """Send every running request back to the front of the queue, its KV released (to
+        the cache where it may be reused): pause_generation(mode="retract")."""
+        active = self._active()
+        for req in reversed(active):  # each goes to the front: keep their order
+            self._drop_active(req)
+            self._preempt(req)
+        return len(active)
+
     # -- schedule ----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         self.compact_waiting()

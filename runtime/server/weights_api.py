@@ -1,9 +1,11 @@
-"""SGLang's weight-update endpoints (RLHF refit), over HTTP.
+"""SGLang's RL endpoints over HTTP: weight updates (refit), memory release / resume, and
+pause / continue generation.
 
-`GET /get_weight_version` always answers. The others replace the model, and two of them make
-the server act on a client's behalf (connect to a trainer, read a checkpoint), so they answer
-403 unless the server was started with `--enable-weight-updates`; then a trainer's address
-must be one of `--weight-sync-hosts`, and a checkpoint must lie under `--weights-dir`.
+`GET /get_weight_version` always answers. The others replace the model or stop it serving
+everyone, and two of them make the server act on a client's behalf (connect to a trainer,
+read a checkpoint), so they answer 403 unless the server was started with
+`--enable-weight-updates`; then a trainer's address must be one of `--weight-sync-hosts`, and
+a checkpoint must lie under `--weights-dir`.
 
 `/update_weights_from_tensor` takes `serialized_named_tensors`: one base64 string, or a list of
 them (buckets), each a safetensors file of Hugging Face-named tensors. SGLang sends pickled
@@ -45,6 +47,10 @@ class WeightsAPI:
             Route("/init_weights_update_group", handler(self.init_group), methods=post),
             Route("/update_weights_from_distributed", handler(self.from_distributed), methods=post),
             Route("/destroy_weights_update_group", handler(self.destroy_group), methods=post),
+            Route("/release_memory_occupation", handler(self.release), methods=post),
+            Route("/resume_memory_occupation", handler(self.resume), methods=post),
+            Route("/pause_generation", handler(self.pause), methods=post),
+            Route("/continue_generation", handler(self.continue_), methods=post),
         ]
 
     async def get_weight_version(self, request: Request) -> Response:
@@ -134,6 +140,30 @@ class WeightsAPI:
         await self._update(self.ctx.engine.destroy_weights_update_group, group)
         return json_response({"success": True, "message": f"left {group}"})
 
+    async def release(self, request: Request) -> Response:
+        self._allowed()
+        tags = _tags(await self.ctx.read_json(request))
+        freed = await self._update(self.ctx.engine.release_memory_occupation, tags)
+        return json_response({"success": True, "message": f"released {freed} bytes"})
+
+    async def resume(self, request: Request) -> Response:
+        self._allowed()
+        tags = _tags(await self.ctx.read_json(request))
+        await self._update(self.ctx.engine.resume_memory_occupation, tags)
+        return json_response({"success": True, "message": "resumed"})
+
+    async def pause(self, request: Request) -> Response:
+        self._allowed()
+        body = await self.ctx.read_json(request)
+        mode = _str(body, "mode", "abort")
+        count = await self._update(self.ctx.engine.pause_generation, mode)
+        return json_response({"success": True, "message": f"paused ({mode}: {count} requests)"})
+
+    async def continue_(self, request: Request) -> Response:
+        self._allowed()
+        await self._update(self.ctx.engine.continue_generation)
+        return json_response({"success": True, "message": "generation continues"})
+
     def _allowed(self) -> None:
         if not self.ctx.args.enable_weight_updates:
             raise HTTPError(403, "weight updates are off on this server (--enable-weight-updates)")
@@ -166,6 +196,15 @@ def _decode_buckets(buckets: Any) -> list[tuple[str, torch.Tensor]]:
             ) from None
         named.extend(tensors.items())
     return named
+
+
+def _tags(body: dict[str, Any]) -> list[str] | None:
+    tags = body.get("tags")
+    if tags is not None and (
+        not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+    ):
+        raise HTTPError(400, f'tags: expected a list of "weights" / "kv_cache", got {shown(tags)}')
+    return tags
 
 
 def _flush_and_version(body: dict[str, Any]) -> tuple[bool, str | None]:

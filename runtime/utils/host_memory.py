@@ -16,6 +16,7 @@ touched are then counted twice: a later pool comes out smaller, never overcommit
 
 from __future__ import annotations
 
+import ctypes
 import math
 import mmap
 import threading
@@ -48,3 +49,33 @@ def _add_reserved(delta: int) -> None:
     global _reserved
     with _lock:
         _reserved += delta
+
+
+def drop_pages(tensor: torch.Tensor) -> int:
+    """Give the pages wholly inside `tensor`'s memory back to the system (madvise
+    MADV_DONTNEED): they read as zeros afterwards and are supplied again on first touch. The
+    tensor stays valid at the same address. Returns the bytes given back (0 where the
+    platform cannot, or for a tensor with no plain memory, such as a oneDNN-packed one)."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or tensor.device.type != "cpu" or tensor.is_mkldnn:
+        return 0
+    storage = tensor.untyped_storage()
+    start, size = storage.data_ptr(), storage.nbytes()
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # pages partly outside stay
+    last = (start + size) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return 0
+    if _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), advice) != 0:
+        raise OSError(ctypes.get_errno(), "madvise failed")
+    return last - first
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC

@@ -47,6 +47,10 @@ def test_weight_updates_are_off_unless_the_operator_enables_them(tmp_path):
                 "/init_weights_update_group",
                 "/update_weights_from_distributed",
                 "/destroy_weights_update_group",
+                "/release_memory_occupation",
+                "/resume_memory_occupation",
+                "/pause_generation",
+                "/continue_generation",
             ):
                 r = http.post(route, json={})
                 assert r.status_code == 403, route
@@ -173,3 +177,41 @@ def test_a_trainer_process_syncs_over_gloo_through_http(tmp_path):
                 if proc.stdin is not None:
                     proc.stdin.close()
                 proc.wait(30)
+
+
+def test_pause_continue_release_resume_over_http(tmp_path):
+    path = make_checkpoint(tmp_path, "llama")
+    prompt = prompts_of_lengths([15], 512, seed=51)[0]
+    with Engine(path, skip_tokenizer_init=True, max_total_tokens=512) as engine:
+        args = {"enable_weight_updates": True}
+        with (
+            LiveServer(engine, **args) as server,
+            httpx.Client(base_url=server.url, timeout=60) as http,
+        ):
+            expected = _generate(http, prompt)["output_ids"]
+            r = http.post("/pause_generation", json={"mode": "in_place"})
+            assert r.status_code == 200, r.text
+            result: dict[str, Any] = {}
+            waiting = threading.Thread(target=lambda: result.update(out=_generate(http, prompt)))
+            waiting.start()
+            waiting.join(0.5)
+            assert waiting.is_alive()  # queued while paused
+            assert http.post("/continue_generation").status_code == 200
+            waiting.join(30)
+            assert result["out"]["output_ids"] == expected
+            assert http.post("/pause_generation", json={"mode": "later"}).status_code == 400
+
+            r = http.post("/release_memory_occupation", json={"tags": ["kv_cache"]})
+            assert r.status_code == 200, r.text
+            r = http.post("/generate", json={"input_ids": prompt, "sampling_params": GREEDY})
+            assert r.status_code == 400 and "resume_memory_occupation" in r.text
+            assert (
+                http.post("/resume_memory_occupation", json={"tags": ["kv_cache"]}).status_code
+                == 200
+            )
+            r = http.post("/resume_memory_occupation", json={"tags": ["kv_cache"]})
+            assert r.status_code == 400 and "not released" in r.text
+            r = http.post("/release_memory_occupation", json={"tags": "weights"})
+            assert r.status_code == 400 and "tags" in r.text
+            assert _generate(http, prompt)["output_ids"] == expected
+        assert_pool_whole(engine)

@@ -1,0 +1,103 @@
+"""release_memory_occupation / resume_memory_occupation (SGLang's names): between rollouts, an
+RL trainer that shares the machine takes back the memory of the engine's weights and KV cache,
+and returns it before the next rollout.
+
+On CPU the memory goes back to the system at once, before the call returns: the pages of
+every weight tensor (and of the KV pool) are dropped in place (madvise), so the tensors keep
+their addresses and read as zeros until written again. Released weights are therefore gone:
+after resume_memory_occupation(["weights"]) the engine needs a weight update before it
+generates anything meaningful, as in SGLang without a CPU backup. Released KV takes the
+prefix cache with it. While either is released, new requests are refused. oneDNN-packed
+weights are opaque to this and stay resident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..executor.packed_linear import PackedLinear
+from ..kvcache.kv_pool import KVPool
+from ..scheduler.scheduler import Scheduler
+from ..utils.host_memory import drop_pages
+
+TAGS = ("weights", "kv_cache")
+
+
+class MemoryOccupation:
+    def __init__(self, model: nn.Module, kv_pool: KVPool, device: torch.device) -> None:
+        self.model = model
+        self.kv_pool = kv_pool
+        self.device = device
+        self.released: set[str] = set()
+
+    def release(self, tags: Sequence[str] | None, scheduler: Scheduler, paused: bool) -> int:
+        """Drop the memory of `tags` (all when None); returns the bytes given back. Runs on
+        the engine thread, between steps."""
+        chosen = check_tags(tags)
+        if self.device.type != "cpu":
+            raise ValueError(
+                f"release_memory_occupation: not available on {self.device.type} yet "
+                "(it comes with the GPU executor)"
+            )
+        for tag in chosen:
+            if tag in self.released:
+                raise ValueError(f"tags: {tag!r} is released already")
+        busy = scheduler.has_work()
+        if busy and ("kv_cache" in chosen or not paused):
+            raise ValueError(
+                "release_memory_occupation: requests are in flight; let them finish or "
+                "pause_generation first (mode abort or retract to release the KV cache)"
+            )
+        freed = 0
+        if "kv_cache" in chosen:
+            scheduler.cache.flush()  # its entries' KV is about to read as zeros
+            freed += drop_pages(self.kv_pool.k) + drop_pages(self.kv_pool.v)
+        if "weights" in chosen:
+            freed += sum(drop_pages(t) for t in _weight_tensors(self.model))
+        self.released.update(chosen)
+        return freed
+
+    def resume(self, tags: Sequence[str] | None) -> None:
+        chosen = check_tags(tags)
+        for tag in chosen:
+            if tag not in self.released:
+                raise ValueError(
+                    f"tags: {tag!r} is not released (resume_memory_occupation without "
+                    "release_memory_occupation)"
+                )
+        self.released.difference_update(chosen)  # pages come back as they are written
+
+    def check_serving(self, call: str) -> None:
+        if self.released:
+            raise ValueError(
+                f"{call}: the engine's {' and '.join(sorted(self.released))} memory is released; "
+                "call resume_memory_occupation first"
+            )
+
+
+def check_tags(tags: Sequence[str] | None) -> list[str]:
+    if tags is None:
+        return list(TAGS)
+    if isinstance(tags, str) or not isinstance(tags, Sequence) or not tags:
+        raise ValueError(f"tags: expected a non-empty list of {', '.join(TAGS)}, got {tags!r}")
+    for tag in tags:
+        if tag not in TAGS:
+            raise ValueError(f"tags: {tag!r} is not one of {', '.join(TAGS)}")
+    return list(dict.fromkeys(tags))
+
+
+def _weight_tensors(model: nn.Module) -> Iterable[torch.Tensor]:
+    """Every tensor a weight update writes: parameters, and packed layers' buffers (not the
+    rotary tables, which no update restores)."""
+    seen: set[int] = set()
+    tensors: list[torch.Tensor] = list(model.parameters())
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            tensors += [t for t in (module.packed, module.packed_many) if t is not None]
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield t
