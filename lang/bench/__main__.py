@@ -1,5 +1,5 @@
 """Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels,
-steps,decode,attention,extend} --help`.
+steps,decode,attention,extend,rollout} --help`.
 
 With no sub-command (or only options) it runs `programs`, as it always has.
 """
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "decode": ("decode_sweep", "decode sweep: loomlm vs transformers, vLLM, llama.cpp, f32/bf16"),
     "attention": ("attention_kernel", "decode attention over the paged pool vs memory bandwidth"),
     "extend": ("extend_attention", "prompt attention over the paged pool: C++ kernel vs SDPA"),
+    "rollout": ("rollout", "RL: GRPO-shaped rollout vs transformers, weight-sync time"),
 }
 
 
