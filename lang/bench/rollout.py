@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="also time the rollout in batch-invariant mode"
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -92,6 +95,19 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"loomlm rollout: {samples / ours[1]:.2f} samples/s warm ({ours[1]:.1f} s; first {ours[0]:.1f} s; {load})"
     )
+    if args.deterministic:
+        twin = Engine(model_dir, dtype="float32", skip_tokenizer_init=True, deterministic=True)
+        times = []
+        for _ in range(2):
+            twin.flush_cache()
+            start = time.perf_counter()
+            twin.generate(input_ids=prompts, sampling_params=params)
+            times.append(time.perf_counter() - start)
+        twin.shutdown()
+        print(
+            f"loomlm rollout, deterministic=True: {samples / times[1]:.2f} samples/s warm "
+            f"({times[1] / ours[1]:.2f}x the default mode's time)"
+        )
     if not args.skip_transformers:
         theirs = _transformers_rollout(model_dir, prompts, args)
         print(f"transformers generate: {samples / theirs:.2f} samples/s warm ({theirs:.1f} s)")

@@ -41,6 +41,12 @@ class EngineConfig:
         "run the model op by op: no compiled graph of the forward step (CPU compiles one by "
         "default, at start-up, cached on disk across processes)",
     )
+    deterministic: bool = option(
+        False,
+        "batch-invariant mode: a request's tokens and logprobs are bitwise the same alone, in "
+        "any batch, with or without a cached prefix (CPU, with the C++ kernels)",
+        flags=("--enable-deterministic-inference",),
+    )
     scheduler: SchedulerConfig = group(SchedulerConfig)
     cache: CacheConfig = group(CacheConfig)
     constraints: ConstraintConfig = group(ConstraintConfig)
@@ -53,6 +59,7 @@ class EngineConfig:
             check_int("context_length", self.context_length, low=2)
         check_bool("skip_tokenizer_init", self.skip_tokenizer_init)
         check_bool("enforce_eager", self.enforce_eager)
+        check_bool("deterministic", self.deterministic)
         check_int("seed", self.seed, low=0)
 
     @classmethod

@@ -30,7 +30,7 @@ from ..executor.attention.torch_backend import TorchAttention
 from ..executor.model_runner import ModelRunner
 from ..executor.models.config import ModelConfig
 from ..executor.models.loader import load_model, resolve_dtype, resolve_model_dir
-from ..executor.packed_linear import pack_linears
+from ..executor.packed_linear import make_row_invariant, pack_linears
 from ..kvcache.kv_budget import kv_slots_for
 from ..kvcache.kv_pool import KVPool
 from ..kvcache.prefix_cache import NoPrefixCache
@@ -109,6 +109,8 @@ class Engine:
             else load_tokenizer(config.tokenizer or self.model_dir)
         )
         self.model = load_model(self.model_dir, model_config, self.dtype, self.device)
+        if config.deterministic:  # every layer on the row-wise kernel, whatever its size
+            make_row_invariant(self.model)
         packed = pack_linears(self.model)  # CPU: weights in a kernel's layout (packed_linear.py)
         if packed:
             logger.info("%d linear layers packed for the CPU linear kernel", packed)
@@ -137,6 +139,7 @@ class Engine:
             model_config.num_kv_heads,
             model_config.head_dim,
             model_config.sliding_window,
+            deterministic=config.deterministic,
         )
         attention.warm_up(self.device)
         self.runner = ModelRunner(

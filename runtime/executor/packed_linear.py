@@ -113,6 +113,24 @@ class PackedLinear(nn.Module):
         return _PACKED_MATMUL(x, packed, self.bias, self.out_features)
 
 
+def make_row_invariant(model: nn.Module) -> None:
+    """Batch-invariant mode: every linear layer, whatever its size, and a tied LM head on our
+    column-blocked kernel, whose output rows do not depend on how many rows a call has (each
+    row's sums run in the same order). ValueError where that kernel does not run."""
+    first = next(model.parameters())
+    if not blocked_linear.supports(first.dtype) or first.device.type != "cpu":
+        raise ValueError(
+            f"deterministic: needs the C++ linear kernel, which does not run {first.dtype} on "
+            f"{first.device.type} here"
+        )
+    pack_linears(model, min_bytes=0)
+    embed = getattr(model, "embed_tokens", None)
+    if getattr(model, "lm_head", True) is None and isinstance(embed, nn.Embedding):
+        head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False)
+        head.weight = embed.weight
+        model.tied_head = PackedLinear(head)
+
+
 def unpack_onednn(layer: PackedLinear) -> torch.Tensor:
     """The plain [out, in] weight of a oneDNN-packed layer. oneDNN's layout is opaque, so it
     is read back through the layer's own product with the identity: every output is one

@@ -57,6 +57,11 @@ def pieces_of(model: nn.Module, config: ModelConfig) -> dict[str, Piece]:
         if target is None or target[0] not in tensors:
             continue  # e.g. lm_head.weight of a model whose embeddings are tied
         starts.setdefault(target[0], []).append((hf_name, target[1]))
+    tied = getattr(model, "tied_head", None)
+    if isinstance(tied, PackedLinear) and "embed_tokens.weight" in tensors:
+        # batch-invariant mode keeps a packed copy of a tied embedding as the head
+        shape, embed = tensors["embed_tokens.weight"]
+        tensors["embed_tokens.weight"] = (shape, _both(embed, _packed_writer(tied)))
     pieces = {}
     for ours, named in starts.items():
         shape, write = tensors[ours]
@@ -80,6 +85,14 @@ def _hf_names(config: ModelConfig) -> list[str]:
         names += [f"{layer}mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")]
         names += [f"{layer}input_layernorm.weight", f"{layer}post_attention_layernorm.weight"]
     return names
+
+
+def _both(first: Write, second: Write) -> Write:
+    def write(start: int, rows: torch.Tensor) -> None:
+        first(start, rows)
+        second(start, rows)
+
+    return write
 
 
 def _plain_writer(param: torch.Tensor) -> Write:

@@ -65,8 +65,20 @@ class _KernelExtends(NamedTuple):
 
 class TorchAttention(AttentionBackend):
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        sliding_window: int | None,
+        deterministic: bool = False,
     ) -> None:
+        # Batch-invariant mode: every token's attention, decodes included, goes through the
+        # extend kernel, where each query is one vector lane computed the same way whatever
+        # shares its task (key blocks fixed by absolute position; blocks hidden from a query
+        # leave its sums bitwise unchanged), so a token gets the same bits alone, batched,
+        # after a cached prefix or in any prompt chunk. The decode kernel is faster at batch
+        # sizes above one but reduces in another order.
+        self.deterministic = deterministic
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -84,6 +96,11 @@ class TorchAttention(AttentionBackend):
         """Build (or load) the C++ decode kernel now, not under the first request."""
         self._kernel = kernel_available(device, self.head_dim)
         self._extend_kernel = extend_kernel_available(device, self.head_dim)
+        if self.deterministic and not (self._extend_kernel and device.type == "cpu"):
+            raise ValueError(
+                f"deterministic: needs the C++ attention kernel, which does not run heads of "
+                f"{self.head_dim} on {device.type} here"
+            )
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._groups, self._restore, self._extends = [], None, []
@@ -93,6 +110,9 @@ class TorchAttention(AttentionBackend):
         if slots.device.type == "cpu" and (slots.numel() == 1 or bool((slots.diff() == 1).all())):
             self._out_run = int(slots[0])
         offsets = list(itertools.accumulate(batch.extend_lens, initial=0))
+        if self.deterministic:
+            self._prepare_extend(batch, list(range(len(batch.extend_lens))), offsets)
+            return
         # One-token rows (decodes, and prompts cached up to their last token) take the
         # batched decode path even in a batch that also extends prompts (chunked prefill).
         singles = [i for i, n in enumerate(batch.extend_lens) if n == 1]

@@ -109,6 +109,9 @@ class LlamaForCausalLM(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head: nn.Module | None = None  # tied: the embedding serves as the head
+        # Tied, in batch-invariant mode: the embedding packed for the row-wise linear kernel
+        # (F.linear's blocking depends on the number of rows); kept equal to the embedding.
+        self.tied_head: nn.Module | None = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
@@ -127,5 +130,7 @@ class LlamaForCausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
+            if self.tied_head is not None:
+                return self.tied_head(hidden).float()
             return F.linear(hidden, self.embed_tokens.weight).float()
         return self.lm_head(hidden).float()

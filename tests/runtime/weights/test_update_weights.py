@@ -28,12 +28,14 @@ from .refit import GREEDY, greedy, other_weights
         ("llama", "onednn"),  # oneDNN's opaque packing, read back and packed again
         ("qwen3", "plain"),  # q/k norms
         ("qwen2", "blocked"),  # qkv biases, tied embeddings
+        ("qwen2", "deterministic"),  # the tied head's packed copy follows the embedding
     ],
 )
 def test_update_from_tensor_generates_what_a_fresh_engine_of_the_new_weights_does(
     name, layout, tmp_path, monkeypatch
 ):
-    if layout != "plain":
+    options = {"deterministic": True} if layout == "deterministic" else {}
+    if layout not in ("plain", "deterministic"):
         if layout == "blocked" and not blocked_linear.supports(torch.float32):
             pytest.skip("the column-blocked kernel does not run here")
         if layout == "onednn":
@@ -44,10 +46,14 @@ def test_update_from_tensor_generates_what_a_fresh_engine_of_the_new_weights_doe
     path = make_checkpoint(tmp_path, name)
     new = other_weights(path, tmp_path / "new", seed=3)
     prompts = prompts_of_lengths([9, 23, 4], 512, seed=1)
-    engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=1024)
-    fresh = Engine(tmp_path / "new", skip_tokenizer_init=True, max_total_tokens=1024)
+    if layout == "deterministic" and not blocked_linear.supports(torch.float32):
+        pytest.skip("the column-blocked kernel does not run here")
+    engine = Engine(path, skip_tokenizer_init=True, max_total_tokens=1024, **options)
+    fresh = Engine(tmp_path / "new", skip_tokenizer_init=True, max_total_tokens=1024, **options)
     try:
-        if layout != "plain":
+        if layout == "deterministic":
+            assert isinstance(engine.model.tied_head, packed_linear.PackedLinear)
+        elif layout != "plain":
             assert isinstance(engine.model.layers[0].mlp.down_proj, packed_linear.PackedLinear)
             assert engine.model.layers[0].mlp.down_proj.blocked == (layout == "blocked")
         before = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
