@@ -20,3 +20,22 @@ def test_default_model_ships_with_licence_and_provenance():
 
     for name in ("LICENSE", "README.md", "config.json", "model.safetensors", "tokenizer.json"):
         assert (DEFAULT_MODEL_DIR / name).is_file(), name
+
+
+def test_every_package_directory_is_listed_in_pyproject():
+    """setuptools installs only the packages pyproject lists; an editable install finds the
+    rest anyway, so a missing entry shows only in a wheel."""
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for top, name in (("lang", "loomlm"), ("runtime", "loomlm.runtime")):
+        for init in (root / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(root / top).parts
+            found.add(".".join((name, *parts)))
+    assert found == listed
