@@ -1,5 +1,5 @@
 """Benchmarks: `python -m loomlm.bench {programs,offline,radix,constrained,serving,load,kernels,
-steps,decode,attention,extend,rollout} --help`.
+steps,decode,attention,extend,rollout,rlstep} --help`.
 
 With no sub-command (or only options) it runs `programs`, as it always has.
 """
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "attention": ("attention_kernel", "decode attention over the paged pool vs memory bandwidth"),
     "extend": ("extend_attention", "prompt attention over the paged pool: C++ kernel vs SDPA"),
     "rollout": ("rollout", "RL: GRPO-shaped rollout vs transformers, weight-sync time"),
+    "rlstep": ("rl_step", "RL: one GRPO step (rollout / sync / train), loomlm vs TRL GRPOTrainer"),
 }
 
 
