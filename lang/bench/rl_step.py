@@ -1,6 +1,6 @@
 """`python -m loomlm.bench rlstep`: one GRPO step split into rollout / sync / train, with loomlm
 generating the rollouts, beside TRL's own GRPOTrainer (use_vllm=False: transformers `generate`)
-on the same model, batch and lengths.
+on the same model, batch and lengths (TRL in its own virtualenv, --trl-python, as vLLM is).
 
 The model is the benchmark model's shape (hidden 768, 12 layers, float32) with the built-in
 512-token vocabulary and tokenizer; --prompts prompts x --group samples, --new-tokens tokens
@@ -8,17 +8,19 @@ each (min_new_tokens forces the length in both), temperature 1, beta 0.02 (a ref
 both), one optimiser step per batch. loomlm's step is the loop of examples/rlhf/grpo.py:
 rollout in the engine, the loss and Adam step on a transformers copy, then
 update_weights_from_tensor. TRL's rollout time is the time in its model's `generate`, its
-step time the trainer's own step (callbacks); train = step - rollout. Medians over the steps
-after the first. TRL is not a dependency: without it only loomlm's side runs.
+step time the trainer's own step (callbacks); train = step - rollout (lang/bench/trl_worker.py).
+Medians over the steps after the first.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
-import tempfile
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from .bench_model import bench_model_dir
@@ -34,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument(
+        "--trl-python",
+        default=None,
+        help="python of a virtualenv with trl (and its deps) installed",
+    )
 
 
 def reward(completions: list[Any], **_: Any) -> list[float]:
@@ -55,12 +62,19 @@ def main(args: argparse.Namespace) -> None:
         f"transformers generate on the same batch (TRL's rollout without vLLM): {generate:.2f} s, "
         f"{generate / statistics.median(r['rollout'] for r in rows[1:] or rows):.2f}x loomlm's rollout"
     )
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        print("TRL is not installed (pip install trl): its side is skipped")
+    if not args.trl_python:
+        print("no --trl-python: TRL's side is skipped")
         return
-    _report(f"TRL {trl.__version__} GRPOTrainer, use_vllm=False", _trl_steps(model_dir, args))
+    cmd = [
+        args.trl_python, str(Path(__file__).with_name("trl_worker.py")), str(model_dir),
+        str(args.prompts), str(args.group), str(args.new_tokens), str(args.steps),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"TRL's side failed: {done.stderr[-2000:]}")
+        return
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _report(f"TRL {result['version']} GRPOTrainer, use_vllm=False", result["rows"])
 
 
 def _report(name: str, rows: list[dict[str, float]]) -> None:
@@ -161,58 +175,3 @@ def _completion_logprobs(model: Any, heads: list[list[int]], tails: list[list[in
         for i, (h, t) in enumerate(zip(heads, tails))
     ]
     return torch.stack(rows)
-
-
-def _trl_steps(model_dir: Any, args: argparse.Namespace) -> list[dict[str, float]]:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    in_generate = [0.0]
-    generate = policy.generate
-
-    def timed_generate(*a: Any, **kw: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return generate(*a, **kw)
-        finally:
-            in_generate[0] += time.perf_counter() - start
-
-    policy.generate = timed_generate
-    rows: list[dict[str, float]] = []
-
-    class StepTimes(TrainerCallback):
-        def on_step_begin(self, *a: Any, **kw: Any) -> None:
-            self.start, in_generate[0] = time.perf_counter(), 0.0
-
-        def on_step_end(self, *a: Any, **kw: Any) -> None:
-            step = time.perf_counter() - self.start
-            rows.append(
-                {
-                    "rollout": in_generate[0],
-                    "sync": 0.0,
-                    "train": step - in_generate[0],
-                    "step": step,
-                }
-            )
-
-    with tempfile.TemporaryDirectory() as out:
-        config = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=args.prompts * args.group,
-            num_generations=args.group, max_completion_length=args.new_tokens,
-            temperature=1.0, beta=0.02, learning_rate=1e-6, max_steps=args.steps,
-            use_vllm=False, use_cpu=True, bf16=False, report_to="none", logging_steps=1,
-            save_strategy="no", generation_kwargs={"min_new_tokens": args.new_tokens},
-        )  # fmt: skip
-        data = Dataset.from_dict({"prompt": OPENINGS[: args.prompts] * (args.steps + 1)})
-        trainer = GRPOTrainer(
-            model=policy, reward_funcs=[reward], args=config, train_dataset=data,
-            processing_class=tokenizer, callbacks=[StepTimes()],
-        )  # fmt: skip
-        trainer.train()
-    return rows
