@@ -424,7 +424,8 @@ class Engine:
         self._weights.destroy_group(group_name)
 
     def get_weight_version(self) -> str:
-        """ "default" for the weights loaded at start, then what each update set."""
+        """The weights' version: "default" for those loaded at start, then what each update
+        set."""
         return self._weights.version
 
     # -- memory and flow control (RL; SGLang's names) ---------------------------------------
@@ -432,8 +433,9 @@ class Engine:
         """Give the memory of `tags` ("weights", "kv_cache"; None: both) back to the system
         before returning (the bytes given back). Released weights read as zeros until an
         update writes them; released KV takes the prefix cache with it; requests are refused
-        until resume_memory_occupation. The KV cache needs the engine idle (or paused with
-        mode abort or retract); the weights need it idle or paused."""
+        until resume_memory_occupation, and continue_generation waits for it. Requests in
+        flight need a pause first; the KV cache also needs no request holding KV (pause with
+        mode abort or retract)."""
         freed: int = self._loop.call(
             lambda: self._memory.release(tags, self.scheduler, self._loop.paused)
         )

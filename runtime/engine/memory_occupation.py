@@ -45,11 +45,15 @@ class MemoryOccupation:
         for tag in chosen:
             if tag in self.released:
                 raise ValueError(f"tags: {tag!r} is released already")
-        busy = scheduler.has_work()
-        if busy and ("kv_cache" in chosen or not paused):
+        if scheduler.has_work() and not paused:
             raise ValueError(
                 "release_memory_occupation: requests are in flight; let them finish or "
-                "pause_generation first (mode abort or retract to release the KV cache)"
+                "pause_generation first"
+            )
+        if "kv_cache" in chosen and scheduler.num_running:
+            raise ValueError(
+                "release_memory_occupation: running requests hold KV; pause_generation with "
+                "mode abort or retract first (in_place keeps their KV)"
             )
         freed = 0
         if "kv_cache" in chosen:

@@ -167,15 +167,25 @@ def test_pause_retract_and_abort(tmp_path):
     with Engine(path, skip_tokenizer_init=True, max_total_tokens=1024) as engine:
         alone = engine.generate(input_ids=prompt, sampling_params=LONG).output_ids
         thread, result = _in_background(engine, prompt)
+        with pytest.raises(ValueError, match="pause_generation first"):
+            engine.release_memory_occupation(["weights"])  # running, not paused
         assert engine.pause_generation("retract") == 1
         stats = engine.stats()
         assert (stats["num_running"], stats["num_waiting"]) == (0, 1)
+        # retracted, the request holds no KV: the KV cache may go while it waits
+        assert engine.release_memory_occupation(["kv_cache"]) >= 0
+        with pytest.raises(ValueError, match="continue_generation: the engine's kv_cache"):
+            engine.continue_generation()
+        engine.resume_memory_occupation(["kv_cache"])
         engine.continue_generation()
         thread.join(30)
         assert result["out"].output_ids == alone  # recomputed, and greedy the same
         assert result["out"].num_preemptions == 1
 
         thread, result = _in_background(engine, prompt)
+        assert engine.pause_generation("in_place") == 1
+        with pytest.raises(ValueError, match="running requests hold KV"):
+            engine.release_memory_occupation(["kv_cache"])
         assert engine.pause_generation("abort") == 1
         thread.join(30)
         assert result["out"].finish_reason.type == "abort"
