@@ -4,7 +4,7 @@ new weights after every optimiser step.
 
     python examples/rlhf/grpo.py                 # engine in this process (~3 min on 2 cores)
     python examples/rlhf/grpo.py --server        # `loomlm serve` in its own process, weights over gloo
-    python examples/rlhf/grpo.py --steps 3 --out /tmp/grpo   # a short run
+    python examples/rlhf/grpo.py --steps 3 --out runs/short  # a short run
 
 Each step: B prompts x G samples (temperature 1); reward 10 when the continuation uses the
 word "park", else 0; advantages normalised within each prompt's group (GRPO); the clipped
