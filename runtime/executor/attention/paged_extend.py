@@ -14,13 +14,19 @@ import torch.nn.functional as F
 
 from ..cpu_kernels import build
 
-# The head sizes the kernel is instantiated for (multiples of the vector width); others take
-# torch's SDPA.
-KERNEL_HEAD_DIMS = frozenset({16, 32, 64, 80, 96, 128, 256})
+# The head sizes the kernel is instantiated for; others take torch's SDPA.
+KERNEL_HEAD_DIMS = frozenset({8, 16, 32, 64, 80, 96, 128, 256})
+# Heads narrower than a vector run their value product one float at a time, and on the
+# built-in model (heads of 8) the kernel's logprobs came 1.1e-5 from transformers against
+# SDPA's 1e-5 or less: they take the kernel only in batch-invariant mode, which needs it.
+NARROW_HEAD_DIMS = frozenset({8})
 
 
-def kernel_available(device: torch.device, head_dim: int) -> bool:
-    """Whether `paged_extend` runs the C++ kernel for heads of `head_dim` on `device`."""
+def kernel_available(device: torch.device, head_dim: int, narrow: bool = False) -> bool:
+    """Whether `paged_extend` runs the C++ kernel for heads of `head_dim` on `device` (heads
+    in NARROW_HEAD_DIMS only when `narrow`)."""
+    if head_dim in NARROW_HEAD_DIMS and not narrow:
+        return False
     return head_dim in KERNEL_HEAD_DIMS and device.type == "cpu" and build.load()
 
 
@@ -47,7 +53,7 @@ def paged_extend(
     assert q.dim() == 3 and k_cache.dim() == 3 and out.shape == q.shape, "bad ranks"
     assert q.shape[1] % k_cache.shape[1] == 0 and q.shape[2] == k_cache.shape[2], "bad heads"
     assert slots.dtype == torch.int64 and requests.dtype == torch.int64, "int64 indices"
-    if kernel_available(q.device, q.shape[2]):
+    if kernel_available(q.device, q.shape[2], narrow=True):  # the caller chose this path
         torch.ops.loomlm_cpu.extend_attention(
             q, k_cache, v_cache, slots, requests, scale, window or 0, out
         )

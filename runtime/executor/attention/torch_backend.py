@@ -95,7 +95,7 @@ class TorchAttention(AttentionBackend):
     def warm_up(self, device: torch.device) -> None:
         """Build (or load) the C++ decode kernel now, not under the first request."""
         self._kernel = kernel_available(device, self.head_dim)
-        self._extend_kernel = extend_kernel_available(device, self.head_dim)
+        self._extend_kernel = extend_kernel_available(device, self.head_dim, self.deterministic)
         if self.deterministic and not (self._extend_kernel and device.type == "cpu"):
             raise ValueError(
                 f"deterministic: needs the C++ attention kernel, which does not run heads of "

@@ -155,6 +155,22 @@ inline void pv_tile(const float* pt, const T* const* values, int n, const float*
     for (int c = 0; c < CV; ++c) store(o + r * D + c * LANES, acc[r][c]);
 }
 
+// The value product for heads narrower than a vector (8 with AVX-512: the built-in model's),
+// one query row at a time, keys in order as pv_tile takes them.
+template <typename T, int D>
+inline void pv_narrow(const float* pt, const T* const* values, int n, const float* alpha,
+                      float* o, int rows) {
+  for (int r = 0; r < rows; ++r) {
+    float acc[D];
+    for (int d = 0; d < D; ++d) acc[d] = o[r * D + d] * alpha[r];
+    for (int j = 0; j < n; ++j) {
+      const float w = pt[j * BQ + r];
+      for (int d = 0; d < D; ++d) acc[d] += w * static_cast<float>(values[j][d]);
+    }
+    for (int d = 0; d < D; ++d) o[r * D + d] = acc[d];
+  }
+}
+
 struct Request {
   int64_t q_start, ext, slot_offset, seq;  // its query rows, its context's slots and length
 };
@@ -168,7 +184,7 @@ void extend(const at::Tensor& q_t, const at::Tensor& k_t, const at::Tensor& v_t,
             const int64_t* slots, const std::vector<Request>& reqs, float scale, int64_t window,
             at::Tensor& out_t) {
   constexpr int CV = pv_cols<D>(), ROWS = pv_rows<D>();
-  static_assert(BQ % ROWS == 0 && BK % RK == 0 && D % LANES == 0, "tile sizes");
+  static_assert(BQ % ROWS == 0 && BK % RK == 0, "tile sizes");
   const int64_t H = q_t.size(1), Hkv = k_t.size(1), G = H / Hkv;
   const T* q = q_t.data_ptr<T>();
   const T* k = k_t.data_ptr<T>();
@@ -271,11 +287,15 @@ void extend(const at::Tensor& q_t, const at::Tensor& k_t, const at::Tensor& v_t,
           }
           store(lsum + c, load(lsum + c) * a + sum);
         }
-        for (int c0 = 0; c0 < D; c0 += CV * LANES) {
-          const T* cols[BK];
-          for (int j = 0; j < n; ++j) cols[j] = vp[j] + c0;
-          for (int i = 0; i < pv_n; i += ROWS)
-            pv_tile<T, ROWS, CV, D>(st + i, cols, n, alpha + i, o + i * D + c0);
+        if constexpr (D % LANES == 0) {
+          for (int c0 = 0; c0 < D; c0 += CV * LANES) {
+            const T* cols[BK];
+            for (int j = 0; j < n; ++j) cols[j] = vp[j] + c0;
+            for (int i = 0; i < pv_n; i += ROWS)
+              pv_tile<T, ROWS, CV, D>(st + i, cols, n, alpha + i, o + i * D + c0);
+          }
+        } else {
+          pv_narrow<T, D>(st, vp, n, alpha, o, rows);
         }
       }
       for (int i = 0; i < rows; ++i) {
@@ -296,6 +316,7 @@ void dispatch_dim(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     extend<T, DIM>(q, k, v, slots, reqs, scale, window, out);            \
     return;
   switch (q.size(2)) {
+    LOOM_CASE(8)
     LOOM_CASE(16)
     LOOM_CASE(32)
     LOOM_CASE(64)
@@ -306,7 +327,7 @@ void dispatch_dim(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   }
 #undef LOOM_CASE
   TORCH_CHECK(false, "extend_attention: head_dim ", q.size(2),
-              " is not one of 16, 32, 64, 80, 96, 128, 256");
+              " is not one of 8, 16, 32, 64, 80, 96, 128, 256");
 }
 
 // out[rows of each request] = attention of those queries over the request's context.

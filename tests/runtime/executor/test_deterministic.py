@@ -33,7 +33,8 @@ def _engine(path, dtype: str, **options) -> Engine:
 @pytest.mark.parametrize(
     "name, dtype, compiled",
     [
-        ("qwen2", "float32", False),  # tied embeddings: the head packed too
+        ("default", "float32", False),  # heads of 8, tied embeddings: the head packed too
+        ("qwen2", "float32", False),
         ("llama", "float32", False),
         ("qwen3", "bfloat16", False),
         ("llama", "float32", True),  # through the compiled forward graphs
@@ -44,7 +45,7 @@ def test_a_request_gets_the_same_bits_alone_batched_cached_and_chunked(
 ):
     if compiled:
         monkeypatch.delenv("LOOMLM_ENFORCE_EAGER", raising=False)
-    path = make_checkpoint(tmp_path, name)
+    path = default_model_dir() if name == "default" else make_checkpoint(tmp_path, name)
     prompts = prompts_of_lengths([7, 41, 3, 66, 19, 28], 512, seed=1)
     prompts[4] = prompts[3][:50] + prompts[4]  # a prefix shared with another prompt
     with _engine(path, dtype) as engine:
@@ -62,9 +63,6 @@ def test_a_request_gets_the_same_bits_alone_batched_cached_and_chunked(
 
 
 def test_deterministic_mode_needs_the_kernels(tmp_path, monkeypatch):
-    # the built-in model's heads of 8 are below what the attention kernel takes
-    with pytest.raises(ValueError, match="deterministic: needs the C\\+\\+ attention kernel"):
-        _engine(default_model_dir(), "float32")
     monkeypatch.setenv("LOOMLM_LINEAR_KERNEL", "onednn")  # the row-wise kernel switched off
     with pytest.raises(ValueError, match="deterministic: needs the C\\+\\+ linear kernel"):
         _engine(make_checkpoint(tmp_path, "llama"), "float32")
