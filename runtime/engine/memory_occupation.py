@@ -4,7 +4,10 @@ and returns it before the next rollout.
 
 On CPU the memory goes back to the system at once, before the call returns: the pages of
 every weight tensor (and of the KV pool) are dropped in place (madvise), so the tensors keep
-their addresses and read as zeros until written again. Released weights are therefore gone:
+their addresses and read as zeros until written again. On CUDA each tensor's storage is
+shrunk to nothing and the caching allocator empties its cache, so the memory is back with the
+driver when the call returns; resume allocates it again, zeroed (the addresses change, which
+nothing holds on to until CUDA graphs come with the GPU executor). Released weights are gone:
 after resume_memory_occupation(["weights"]) the engine needs a weight update before it
 generates anything meaningful, as in SGLang without a CPU backup. Released KV takes the
 prefix cache with it. While either is released, new requests are refused. oneDNN-packed
@@ -32,16 +35,12 @@ class MemoryOccupation:
         self.kv_pool = kv_pool
         self.device = device
         self.released: set[str] = set()
+        self._cuda_bytes: dict[int, int] = {}  # a released CUDA tensor's storage size, by id
 
     def release(self, tags: Sequence[str] | None, scheduler: Scheduler, paused: bool) -> int:
         """Drop the memory of `tags` (all when None); returns the bytes given back. Runs on
         the engine thread, between steps."""
         chosen = check_tags(tags)
-        if self.device.type != "cpu":
-            raise ValueError(
-                f"release_memory_occupation: not available on {self.device.type} yet "
-                "(it comes with the GPU executor)"
-            )
         for tag in chosen:
             if tag in self.released:
                 raise ValueError(f"tags: {tag!r} is released already")
@@ -58,9 +57,12 @@ class MemoryOccupation:
         freed = 0
         if "kv_cache" in chosen:
             scheduler.cache.flush()  # its entries' KV is about to read as zeros
-            freed += drop_pages(self.kv_pool.k) + drop_pages(self.kv_pool.v)
+            freed += self._drop([self.kv_pool.k, self.kv_pool.v])
         if "weights" in chosen:
-            freed += sum(drop_pages(t) for t in _weight_tensors(self.model))
+            freed += self._drop(list(_weight_tensors(self.model)))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # back to the driver, not kept by the caching allocator
+            torch.cuda.synchronize(self.device)
         self.released.update(chosen)
         return freed
 
@@ -72,7 +74,25 @@ class MemoryOccupation:
                     f"tags: {tag!r} is not released (resume_memory_occupation without "
                     "release_memory_occupation)"
                 )
-        self.released.difference_update(chosen)  # pages come back as they are written
+        if self.device.type == "cuda":
+            tensors = ([self.kv_pool.k, self.kv_pool.v] if "kv_cache" in chosen else []) + (
+                list(_weight_tensors(self.model)) if "weights" in chosen else []
+            )
+            for t in tensors:  # the same size again, zeroed as a fresh pool reads
+                t.untyped_storage().resize_(self._cuda_bytes.pop(id(t)))
+                t.zero_()
+        self.released.difference_update(chosen)  # (CPU: pages come back as they are written)
+
+    def _drop(self, tensors: list[torch.Tensor]) -> int:
+        if self.device.type != "cuda":
+            return sum(drop_pages(t) for t in tensors)
+        freed = 0
+        for t in tensors:
+            storage = t.untyped_storage()
+            self._cuda_bytes[id(t)] = storage.nbytes()
+            freed += storage.nbytes()
+            storage.resize_(0)
+        return freed
 
     def check_serving(self, call: str) -> None:
         if self.released:

@@ -195,3 +195,21 @@ def test_pause_retract_and_abort(tmp_path):
         with pytest.raises(ValueError, match="mode: 'keep' is not one of"):
             engine.pause_generation("keep")
         assert_pool_whole(engine)
+
+
+@pytest.mark.gpu
+def test_release_on_cuda_gives_memory_back_to_the_driver(big_checkpoint):
+    path, hf = big_checkpoint
+    prompts = prompts_of_lengths([12, 30], 32000, seed=6)
+    with Engine(path, device="cuda", skip_tokenizer_init=True, max_total_tokens=32768) as engine:
+        expected = greedy(engine, prompts)
+        before = torch.cuda.memory_reserved()
+        freed = engine.release_memory_occupation()  # both
+        assert freed > 0 and before - torch.cuda.memory_reserved() >= 0.9 * freed
+        with pytest.raises(ValueError, match="memory is released"):
+            engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
+        engine.resume_memory_occupation(["weights"])
+        engine.update_weights_from_tensor(list(hf.named_parameters()))
+        engine.resume_memory_occupation(["kv_cache"])
+        assert greedy(engine, prompts) == expected
+        assert_pool_whole(engine)
