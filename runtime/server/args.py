@@ -31,7 +31,11 @@ class ServerArgs:
         f"${API_KEY_ENV}, or --api-key-file, which keep it out of the process list)",
     )
     api_key_file: str | None = option(None, "a file holding the API key (read once, at start)")
-    served_model_name: str | None = option(None, "the model's name in /v1 responses")
+    served_model_name: str | None = option(
+        None,
+        "the model's name(s) in the OpenAI API, comma-separated: requests may name any of them "
+        "(others get 404), the first is the one /v1/models lists first (default: the model path)",
+    )
     chat_template: str | None = option(None, "a Jinja chat template, or a file holding one")
     max_body_bytes: int = option(16 << 20, "largest request body; larger ones get 413")
     # A client that trickles its headers or body holds a connection and its buffers

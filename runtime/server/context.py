@@ -41,10 +41,30 @@ class ServerContext:
         self.chat_template = load_template(self.args.chat_template)
 
     @property
+    def model_names(self) -> list[str]:
+        """The names OpenAI requests may give the model (--served-model-name), first first."""
+        given = [n.strip() for n in (self.args.served_model_name or "").split(",") if n.strip()]
+        return given or [str(self.engine.config.model or self.engine.model_dir.name)]
+
+    @property
     def model_name(self) -> str:
-        return self.args.served_model_name or str(
-            self.engine.config.model or self.engine.model_dir.name
-        )
+        return self.model_names[0]
+
+    def check_model(self, body: dict[str, Any]) -> str:
+        """The served name a request asks for (the first when it names none); 404 naming the
+        served names for any other, as OpenAI and vLLM answer."""
+        model = body.get("model")
+        if model is None:
+            return self.model_name
+        if not isinstance(model, str):
+            raise HTTPError(400, f"model: expected a string, got {type(model).__name__}")
+        if model not in self.model_names:
+            raise HTTPError(
+                404,
+                f"model: {model!r} is not served here; served: {', '.join(self.model_names)}",
+                err_type="NotFoundError",
+            )
+        return model
 
     @property
     def tokenizer(self) -> Any:

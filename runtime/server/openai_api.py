@@ -78,24 +78,34 @@ class OpenAIAPI:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/models", handler(self.models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", handler(self.model), methods=["GET"]),
             Route("/v1/completions", handler(self.completions), methods=["POST"]),
             Route("/v1/chat/completions", handler(self.chat), methods=["POST"]),
         ]
 
     async def models(self, request: Request) -> Response:
-        model = {
-            "id": self.ctx.model_name,
+        data = [self._model_entry(name) for name in self.ctx.model_names]
+        return json_response({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        """`client.models.retrieve(id)`: a served name, or 404 naming them."""
+        name = self.ctx.check_model({"model": request.path_params["model_id"]})
+        return json_response(self._model_entry(name))
+
+    def _model_entry(self, name: str) -> dict[str, Any]:
+        return {
+            "id": name,
             "object": "model",
             "created": int(self.ctx.started),
             "owned_by": "loomlm",
             "root": str(self.ctx.engine.config.model or self.ctx.engine.model_dir),
             "max_model_len": self.ctx.engine.max_context,
         }
-        return json_response({"object": "list", "data": [model]})
 
     # -- /v1/completions -----------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
+        name = self.ctx.check_model(body)
         req, echo = parse_completion(body, self._max_top())
         specs, _ = await self.ctx.client.prepare(
             self._generate_request(req, prompt_scores=echo, text=body["prompt"])
@@ -106,7 +116,7 @@ class OpenAIAPI:
             "id": rid,
             "object": "text_completion",
             "created": created,
-            "model": self.ctx.model_name,
+            "model": name,
         }
         if req.stream:
             events = partial(
@@ -183,6 +193,7 @@ class OpenAIAPI:
     # -- /v1/chat/completions ------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
+        name = self.ctx.check_model(body)
         req = parse_chat(body, self.ctx.engine.max_context, self._max_top())
         engine = self.ctx.engine
         messages = check_messages(
@@ -209,7 +220,7 @@ class OpenAIAPI:
             self._generate_request(req, prompt_scores=False, input_ids=ids)
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": rid, "created": created, "model": self.ctx.model_name}
+        head = {"id": rid, "created": created, "model": name}
         if req.stream:
             events = partial(self._stream_chat, head=head, req=req, specs=specs)
             return self.ctx.client.stream(specs, events)  # type: ignore[return-value]

@@ -28,6 +28,33 @@ def model(client):
 def test_models_lists_the_served_model(client, engine):
     models = client.models.list().data
     assert [m.id for m in models] == ["tinystories-260k"]
+    assert client.models.retrieve("tinystories-260k").max_model_len == engine.max_context
+
+
+def test_a_model_not_served_is_a_404_naming_the_served_ones(client):
+    """OpenAI and vLLM answer 404 for a model they do not serve (it used to be answered by
+    the served one, whatever the name)."""
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="gpt-4o", prompt=PROMPT, max_tokens=2)
+    assert "'gpt-4o' is not served here; served: tinystories-260k" in str(err.value)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_several_served_model_names(engine):
+    with LiveServer(engine, served_model_name="story, tiny/story-260k") as s:
+        with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0) as c:
+            assert [m.id for m in c.models.list().data] == ["story", "tiny/story-260k"]
+            assert c.models.retrieve("tiny/story-260k").id == "tiny/story-260k"
+            for name in ("story", "tiny/story-260k"):
+                out = c.completions.create(model=name, prompt=PROMPT, max_tokens=2)
+                assert out.model == name  # the name asked for, as vLLM answers
+            with pytest.raises(openai.NotFoundError):
+                c.completions.create(model="tinystories-260k", prompt=PROMPT, max_tokens=2)
 
 
 def test_completion_greedy_equals_engine(client, model, engine):
@@ -215,7 +242,9 @@ def test_chat_without_a_template_is_a_clear_400(engine):
         with openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0) as c:
             with pytest.raises(openai.BadRequestError) as err:
                 c.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+                    model=c.models.list().data[0].id,
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=3,
                 )
     assert "chat template" in str(err.value)
 
