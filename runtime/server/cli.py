@@ -15,7 +15,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_parser(
             "serve",
             help="serve a model over HTTP (SGLang's native protocol and the OpenAI API)",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
     )
     ns = parser.parse_args(argv)

@@ -134,16 +134,21 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         names = [flag_of(leaf.name), *meta.get(FLAGS, ())]
         default = leaf.field.default
+        text = meta[HELP].replace("%", "%%")  # argparse formats help with %
         if _base_type(leaf.type) is bool:
-            parser.add_argument(*names, dest=leaf.name, action="store_true", help=meta[HELP])
+            parser.add_argument(*names, dest=leaf.name, action="store_true", help=text)
         else:
+            # the default once, and only a real one: a help text that explains its default
+            # ("default: the model's") keeps its own words, and None means "see the help"
+            if default is not None and "default" not in text:
+                text = f"{text} (default: {default})"
             parser.add_argument(
                 *names,
                 dest=leaf.name,
                 type=_base_type(leaf.type),
                 default=default,
                 choices=meta.get(CHOICES),
-                help=meta[HELP],
+                help=text,
             )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -82,3 +83,34 @@ def test_serve_logs_guards_and_shuts_down_cleanly():
     assert last["type"] == "abort" and "shutting down" in last["message"]
     assert "request logged-1: 5 prompt (0 cached) + 7 completion tokens" in log
     assert "127.0.0.1" in log and "stopped" in log
+
+
+def test_serve_help_gives_every_flag_help_and_each_default_once_and_true():
+    """`loomlm serve --help` printed some defaults twice ("(default: loopback only)
+    (default: 127.0.0.1)"), said --model defaults to None, and left flags without help."""
+    import argparse
+
+    from loomlm.runtime.server.args import add_arguments
+
+    parser = argparse.ArgumentParser(prog="loomlm serve")
+    add_arguments(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = action.help or ""
+        assert text.strip(), f"{action.option_strings[0]} has no help"
+        assert text.count("default") <= 1, f"{action.option_strings[0]}: {text}"
+        assert "(default: None)" not in text
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings}
+    assert helps["--port"] == "port to listen on (default: 30000)"
+    assert helps["--host"] == "address to bind (default: loopback only)"
+    assert helps["--log-level"] == "logging level (default: info)"
+    assert "(default" not in helps["--model"]  # its help says what no model means
+    done = subprocess.run(
+        [sys.executable, "-m", "loomlm.runtime.server", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--port PORT" in done.stdout
+    assert "(default: None)" not in done.stdout
