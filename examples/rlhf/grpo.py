@@ -17,8 +17,6 @@ is 1), plus beta x KL to the initial model (the k3 estimator). Writes <out>/grpo
 from __future__ import annotations
 
 import argparse
-import copy
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -27,52 +25,34 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rlvr import OPENINGS, RunLog, completion_logprobs, load_policy, make_engine, reward_of  # noqa: E402
+from rlvr import common_arguments, completion_logprobs, reward_of, set_up  # noqa: E402
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    p.add_argument("--group", type=int, default=8, help="samples per prompt")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--beta", type=float, default=0.02, help="KL coefficient")
-    p.add_argument("--clip", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--server", action="store_true", help="run the engine as `loomlm serve`")
-    p.add_argument("--out", type=Path, default=Path("rlhf-runs"))
+    common_arguments(p, prompts=8, samples=8)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parse(argv)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    policy = load_policy()
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    run = set_up(args, "grpo")
+    policy, reference, engine, log = run.policy, run.reference, run.engine, run.log
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.lr)
-    from loomlm.runtime.executor.models.loader import DEFAULT_MODEL_DIR
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
-    engine = make_engine(args.server, tokenizer)
-    log = RunLog(args.out, "grpo")
     try:
         for step in range(args.steps):
-            openings = rng.sample(OPENINGS, args.prompts)
-            prompts = [tokenizer(o)["input_ids"] for o in openings]
+            prompts = run.prompts(args.prompts)
             start = time.perf_counter()
             samples = engine.rollout(
-                prompts, args.group, args.new_tokens, seed=args.seed * 100_000 + step
+                prompts, args.samples, args.new_tokens, seed=args.seed * 100_000 + step
             )
             rollout_s = time.perf_counter() - start
 
             start = time.perf_counter()
             rewards = torch.tensor([reward_of(s.text) for s in samples])
-            groups = rewards.view(args.prompts, args.group)
+            groups = rewards.view(args.prompts, args.samples)
             advantages = (
                 (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)
             ).view(-1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -25,30 +24,21 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rlvr import OPENINGS, RunLog, Sample, completion_logprobs, load_policy, make_engine, reward_of  # noqa: E402
+from rlvr import Sample, common_arguments, completion_logprobs, reward_of, set_up  # noqa: E402
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--samples", type=int, default=4, help="samples per prompt")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
+    common_arguments(p, prompts=16, samples=4)
     p.add_argument("--critic-lr", type=float, default=1e-3)
-    p.add_argument("--beta", type=float, default=0.02, help="KL penalty per token")
     p.add_argument(
         "--ema", type=float, default=0.95, help="reference <- ema x reference + (1 - ema) x policy"
     )
     p.add_argument("--epochs", type=int, default=2, help="PPO epochs per batch")
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--lam", type=float, default=0.95)
-    p.add_argument("--clip", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--server", action="store_true", help="run the engine as `loomlm serve`")
-    p.add_argument("--out", type=Path, default=Path("rlhf-runs"))
     return p.parse_args(argv)
 
 
@@ -95,22 +85,14 @@ def gae(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parse(argv)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    policy = load_policy()
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    run = set_up(args, "ppo")
+    policy, reference, engine, log = run.policy, run.reference, run.engine, run.log
     critic = Critic(policy)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-    from loomlm.runtime.executor.models.loader import DEFAULT_MODEL_DIR
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
-    engine = make_engine(args.server, tokenizer)
-    log = RunLog(args.out, "ppo")
     try:
         for step in range(args.steps):
-            prompts = [tokenizer(o)["input_ids"] for o in rng.sample(OPENINGS, args.prompts)]
+            prompts = run.prompts(args.prompts)
             start = time.perf_counter()
             samples = engine.rollout(
                 prompts, args.samples, args.new_tokens, seed=args.seed * 100_000 + step

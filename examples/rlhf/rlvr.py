@@ -9,7 +9,10 @@ when it passes, 0 otherwise. The built-in TinyStories 260K model uses that word 
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
+import random
 import re
 import socket
 import subprocess
@@ -167,6 +170,49 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def common_arguments(p: argparse.ArgumentParser, prompts: int, samples: int) -> None:
+    """The flags both trainers take; `prompts` and `samples` are their per-step defaults."""
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--prompts", type=int, default=prompts, help="prompts per step")
+    p.add_argument("--samples", type=int, default=samples, help="samples per prompt")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--beta", type=float, default=0.02, help="KL coefficient")
+    p.add_argument("--clip", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", action="store_true", help="run the engine as `loomlm serve`")
+    p.add_argument("--out", type=Path, default=Path("rlhf-runs"))
+
+
+@dataclass
+class Setup:
+    policy: Any  # the transformers model being trained
+    reference: Any  # a frozen copy of it
+    tokenizer: Any
+    engine: Any  # InProcessEngine or ServerEngine
+    log: RunLog
+    rng: random.Random
+
+    def prompts(self, count: int) -> list[list[int]]:
+        return [self.tokenizer(o)["input_ids"] for o in self.rng.sample(OPENINGS, count)]
+
+
+def set_up(args: argparse.Namespace, name: str) -> Setup:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    policy = load_policy()
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    return Setup(
+        policy,
+        copy.deepcopy(policy).eval().requires_grad_(False),
+        tokenizer,
+        make_engine(args.server, tokenizer),
+        RunLog(args.out, name),
+        random.Random(args.seed),
+    )
 
 
 def load_policy(model_dir: Path = DEFAULT_MODEL_DIR) -> Any:

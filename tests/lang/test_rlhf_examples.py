@@ -31,7 +31,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("server", [False, True])
 def test_grpo_trains_and_syncs_every_step(server, tmp_path):
-    argv = ["--steps", "3", "--prompts", "4", "--group", "4", "--out", str(tmp_path)]
+    argv = ["--steps", "3", "--prompts", "4", "--samples", "4", "--out", str(tmp_path)]
     summary = _load("grpo").main(argv + (["--server"] if server else []))
     rows = _rows(tmp_path / "grpo.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2] and summary["steps"] == 3
