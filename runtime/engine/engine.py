@@ -41,7 +41,7 @@ from ..scheduler.scheduler import Scheduler
 from ..utils.openmp import release_thread_pool
 from ..utils.threads import threadsafe_put
 from ..weights.service import WeightService
-from ..weights.updater import NamedTensors, WeightUpdater
+from ..weights.updater import WeightUpdater
 from .config import EngineConfig
 from .input_checks import Limits, prompt_chars_bound
 from .inputs import RequestSpec, SpecBuilder, make_request
@@ -49,6 +49,7 @@ from .loop import ArrivalWait, EngineLoop, raise_if_error
 from .memory_occupation import MemoryOccupation
 from .outputs import Event, GenerateOutput, StreamChunk
 from .request_limits import RequestLimits
+from .rl_control import RLControl
 from .stats import read_stats
 from .tokenizer import load_tokenizer
 
@@ -57,10 +58,9 @@ logger = logging.getLogger("loomlm.engine")
 # Starting from an empty batch, how long to wait for the rest of a burst (see ArrivalWait):
 # a small share of one step's time on each device.
 ARRIVAL_WAIT = {"cpu": ArrivalWait(0.003, 0.03), "cuda": ArrivalWait(0.0005, 0.005)}
-PAUSE_MODES = ("abort", "retract", "in_place")
 
 
-class Engine:
+class Engine(RLControl):
     """An in-process inference engine with continuous batching over a paged KV pool.
 
     Args:
@@ -182,7 +182,7 @@ class Engine:
             WeightUpdater(self.model, model_config, self.dtype),
             self._loop.call,
             self.scheduler.invalidate_cache,
-            self._set_weight_version,
+            self._set_weight_version,  # RLControl's
         )
         if self.device.type == "cpu":
             # Loading and compiling forked OpenMP teams in this thread; the engine thread's
@@ -366,106 +366,6 @@ class Engine:
         if flushed and self.grammars is not None:
             self.grammars.flush()
         return flushed
-
-    # -- weights (RLHF refit; SGLang's names) -----------------------------------------------
-    def update_weights_from_tensor(
-        self,
-        named_tensors: NamedTensors,
-        flush_cache: bool = True,
-        weight_version: str | None = None,
-    ) -> str:
-        """Copy new weights into the model in place: `named_tensors` are (name, tensor) pairs
-        (or a dict) named as a Hugging Face model's `named_parameters()` names them, in any
-        floating dtype, any subset of the model's weights. Checked whole before anything is
-        written; written between two steps. Returns the new weight version (`weight_version`
-        if given, else the count of updates). `flush_cache` (default) keeps KV computed with
-        the old weights from ever being read again; False keeps the prefix cache as it is."""
-        return self._weights.update_from_tensor(named_tensors, flush_cache, weight_version)
-
-    def update_weights_from_disk(
-        self, model_path: str | Path, flush_cache: bool = True, weight_version: str | None = None
-    ) -> str:
-        """Every weight from a checkpoint directory of this model's architecture and shapes,
-        read one tensor at a time (generation waits while it is written)."""
-        return self._weights.update_from_disk(model_path, flush_cache, weight_version)
-
-    def init_weights_update_group(
-        self,
-        master_address: str,
-        master_port: int,
-        rank_offset: int,
-        world_size: int,
-        group_name: str = "weight_update_group",
-        backend: str = "gloo",
-    ) -> None:
-        """Join a trainer's torch.distributed group (the trainer is rank 0 and hosts its
-        store at master_address:master_port) as rank `rank_offset`; returns once all have
-        joined. `backend`: gloo (CPU tensors) or nccl."""
-        self._weights.init_group(
-            master_address, master_port, rank_offset, world_size, group_name, backend
-        )
-
-    def update_weights_from_distributed(
-        self,
-        names: Sequence[str],
-        dtypes: Sequence[str | torch.dtype],
-        shapes: Sequence[Sequence[int]],
-        group_name: str = "weight_update_group",
-        flush_cache: bool = True,
-        weight_version: str | None = None,
-    ) -> str:
-        """Receive `names` from rank 0 of the group, one broadcast each in order, with the
-        given dtypes and shapes; then write them as `update_weights_from_tensor` does."""
-        return self._weights.update_from_distributed(
-            names, dtypes, shapes, group_name, flush_cache, weight_version
-        )
-
-    def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> None:
-        self._weights.destroy_group(group_name)
-
-    def get_weight_version(self) -> str:
-        """The weights' version: "default" for those loaded at start, then what each update
-        set."""
-        return self._weights.version
-
-    # -- memory and flow control (RL; SGLang's names) ---------------------------------------
-    def release_memory_occupation(self, tags: Sequence[str] | None = None) -> int:
-        """Give the memory of `tags` ("weights", "kv_cache"; None: both) back to the system
-        before returning (the bytes given back). Released weights read as zeros until an
-        update writes them; released KV takes the prefix cache with it; requests are refused
-        until resume_memory_occupation, and continue_generation waits for it. Requests in
-        flight need a pause first; the KV cache also needs no request holding KV (pause with
-        mode abort or retract)."""
-        freed: int = self._loop.call(
-            lambda: self._memory.release(tags, self.scheduler, self._loop.paused)
-        )
-        return freed
-
-    def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
-        """Take back what release_memory_occupation gave (pages return as they are written)."""
-        self._loop.call(lambda: self._memory.resume(tags))
-
-    def pause_generation(self, mode: str = "abort") -> int:
-        """Stop running steps until continue_generation (new requests queue meanwhile);
-        returns how many requests `mode` acted on: "abort" ends every request in flight
-        (finish reason abort), "retract" sends the running ones back to the queue (their KV
-        released, recomputed when they resume), "in_place" keeps them and their KV."""
-        if mode not in PAUSE_MODES:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(PAUSE_MODES)}")
-        count: int = self._loop.call(lambda: self._loop.pause(mode))
-        return count
-
-    def continue_generation(self) -> None:
-        """Run steps again after pause_generation (refused while memory is released)."""
-
-        def resume() -> None:
-            self._memory.check_serving("continue_generation")
-            self._loop.paused = False
-
-        self._loop.call(resume)
-
-    def _set_weight_version(self, version: str) -> None:
-        self.outputs.weight_version = version
 
     def shutdown(self) -> None:
         """Abort whatever is in flight and stop the engine thread. Idempotent."""

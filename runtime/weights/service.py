@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors import safe_open
 
-from ..executor.models.loader import iter_checkpoint
+from ..executor.models.loader import checkpoint_files, iter_checkpoint
 from .sync_group import SyncGroup
 from .updater import NamedTensors, Plan, WeightUpdater
 
@@ -188,11 +188,10 @@ def _dtype_of(dtype: str | torch.dtype, i: int) -> torch.dtype:
 
 
 def _checkpoint_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the files' headers (nothing is read)."""
     shapes = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
+    for file in checkpoint_files(model_dir, field="model_path"):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 shapes[name] = tuple(f.get_slice(name).get_shape())
-    if not shapes:
-        raise ValueError(f"model_path: no *.safetensors files in {str(model_dir)!r}")
     return shapes

@@ -97,16 +97,21 @@ def load_model(
     return model.eval()
 
 
-def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def checkpoint_files(model_dir: Path, field: str = "model") -> list[Path]:
+    """The checkpoint's safetensors files (those its index names, when it has one)."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
         files = sorted(p.name for p in model_dir.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"model: no *.safetensors files in {str(model_dir)!r}")
-    for file in files:
-        with safe_open(str(model_dir / file), framework="pt") as f:
+        raise ValueError(f"{field}: no *.safetensors files in {str(model_dir)!r}")
+    return [model_dir / file for file in files]
+
+
+def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    for file in checkpoint_files(model_dir):
+        with safe_open(str(file), framework="pt") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 
