@@ -20,7 +20,8 @@ fi
 .venv/bin/pip install --quiet -e ".[test]"
 # SGLang's frontend client, for the server's compatibility tests. Its wheel declares the
 # whole SGLang server stack (CUDA kernels...), so it goes in without dependencies; the few its
-# client imports are in the `test` extra.
-if ! .venv/bin/python -c "import sglang" 2>/dev/null; then
+# client imports are in the `test` extra. Detected by its installed metadata, not by importing
+# it: an import fails whenever one of those is missing, and reinstalling would not help.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('sglang') != '0.5.23')" 2>/dev/null; then
   .venv/bin/pip install --quiet --no-deps "sglang==0.5.23"
 fi

@@ -134,6 +134,9 @@ class NativeAPI:
             Route("/abort_request", handler(self.abort_request), methods=["POST"]),
             Route("/tokenize", handler(self.tokenize), methods=["POST"]),
             Route("/detokenize", handler(self.detokenize), methods=["POST"]),
+            Route(
+                "/concate_and_append_request", handler(self.concate_and_append), methods=["POST"]
+            ),
         ]
 
     async def generate(self, request: Request) -> Response:
@@ -234,6 +237,21 @@ class NativeAPI:
         if not isinstance(rid, str) or not rid:
             raise HTTPError(400, "rid: expected the id of a request in flight (a string)")
         return json_response({"success": self.ctx.client.abort(rid)})
+
+    async def concate_and_append(self, request: Request) -> Response:
+        """SGLang's client calls this on `fork(...).join(mode="concate_and_append")`, after
+        appending the branches' text to the parent itself, and waits for ever if it fails.
+        The ids are the client's program states, not requests, and nothing needs moving: the
+        parent's next /generate sends the joined text, and the radix cache already holds the
+        prefix and the first branch's KV, so only the later branches are encoded again (with
+        attention across branches, where SGLang's old server concatenated KV encoded apart)."""
+        body = await self.ctx.read_json(request)
+        src, dst = body.get("src_rids"), body.get("dst_rid")
+        if not isinstance(src, list) or not all(isinstance(r, str) for r in src):
+            raise HTTPError(400, f"src_rids: expected a list of strings, got {shown(src)}")
+        if not isinstance(dst, str):
+            raise HTTPError(400, f"dst_rid: expected a string, got {shown(dst)}")
+        return json_response({"success": True})
 
     async def tokenize(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)

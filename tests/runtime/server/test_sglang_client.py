@@ -3,11 +3,16 @@ loomlm unchanged: gen, select, regex-constrained gen, streaming and batches."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-sgl = pytest.importorskip("sglang", reason="SGLang's client: scripts/setup.sh installs it")
+# Not importorskip: scripts/setup.sh installs sglang and the test extra what its client
+# imports, so a failing import is a broken set-up and must fail here, not skip.
+import sglang as sgl
 
 STARTS = ["Once upon a time", "One day, a little dog", "The sun was"]
 
@@ -93,3 +98,58 @@ def test_streaming(backend, engine):
 def test_run_batch(backend, engine):
     states = continue_story.run_batch([{"start": s} for s in STARTS], num_threads=3)
     assert [s["more"] for s in states] == [greedy(engine, s, 16) for s in STARTS]
+
+
+BRANCHES = (" there was a dog", " there was a cat")
+# Run in its own process: when /concate_and_append_request fails, SGLang's client waits for
+# ever on non-daemon threads, which would hang this process at exit.
+JOIN_PROGRAM = """
+import json, sys
+import sglang as sgl
+
+@sgl.function
+def joined(s, branches):
+    s += "Once upon a time"
+    forks = s.fork(len(branches))
+    for f, b in zip(forks, branches):
+        f += b
+        f += sgl.gen("tail", max_tokens=4, temperature=0)
+    forks.join(mode="concate_and_append")
+    s += ". The end"
+    s += sgl.gen("after", max_tokens=6, temperature=0)
+
+sgl.set_default_backend(sgl.RuntimeEndpoint(sys.argv[1]))
+state = joined.run(branches=json.loads(sys.argv[2]))
+print(json.dumps({"text": state.text(), "after": state["after"]}))
+"""
+
+
+def test_fork_join_concate_and_append_finishes(server, engine):
+    """SGLang's client appends the branches' text itself, then posts
+    /concate_and_append_request (parallel encoding) and waits until it succeeds."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", JOIN_PROGRAM, server.url, json.dumps(BRANCHES)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("fork/join(mode='concate_and_append') hung")
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = json.loads(run.stdout.strip().splitlines()[-1])
+    tails = [greedy(engine, "Once upon a time" + b, 4) for b in BRANCHES]
+    joined = "Once upon a time" + "".join(b + t for b, t in zip(BRANCHES, tails))
+    assert state["text"].startswith(joined + ". The end")
+    assert state["after"] == greedy(engine, joined + ". The end", 6)
+
+
+def test_concate_and_append_checks_its_fields(server):
+    import httpx
+
+    url = server.url + "/concate_and_append_request"
+    assert httpx.post(url, json={"src_rids": ["a", "b"], "dst_rid": "c"}).json() == {
+        "success": True
+    }
+    bad = httpx.post(url, json={"src_rids": "a", "dst_rid": "c"})
+    assert bad.status_code == 400 and "src_rids" in bad.text
