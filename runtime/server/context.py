@@ -19,6 +19,7 @@ from .chat_template import load_template
 from .engine_client import EngineClient
 from .http_io import ClientGone, HTTPError, error_response, read_json
 from .metrics import Metrics
+from .token_text import Vocabulary
 
 logger = logging.getLogger("loomlm.server")
 
@@ -65,6 +66,11 @@ class ServerContext:
                 err_type="NotFoundError",
             )
         return model
+
+    @functools.cached_property
+    def vocabulary(self) -> Vocabulary:
+        """Every token's bytes, for logprob token names (built on first use)."""
+        return Vocabulary(self.engine.tokenizer, self.engine.model_config.vocab_size)
 
     @property
     def tokenizer(self) -> Any:

@@ -20,6 +20,7 @@ from .chat_template import chat_prompt_ids, check_messages, check_template_kwarg
 from .context import ServerContext, handler
 from .engine_client import INLINE_TEXT_CHARS, RequestGroup, off_loop
 from .http_io import HTTPError, json_response
+from .openai_logprobs import chat_logprobs, completion_logprobs
 from .openai_request import OpenAIRequest, parse_chat, parse_completion
 
 
@@ -38,37 +39,6 @@ def usage(specs: list[RequestSpec], outputs: list[GenerateOutput]) -> dict[str, 
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
-
-
-def completion_logprobs(entries: list[list], tops: list | None, offset: int = 0) -> dict[str, Any]:
-    """Legacy completions layout: parallel lists of tokens, logprobs, top-k dicts, offsets."""
-    tokens = [e[2] or "" for e in entries]
-    offsets = []
-    for t in tokens:
-        offsets.append(offset)
-        offset += len(t)
-    top = None
-    if tops is not None:
-        top = [None if row is None else {e[2] or "": e[0] for e in row} for row in tops]
-    return {
-        "tokens": tokens,
-        "token_logprobs": [e[0] for e in entries],
-        "top_logprobs": top,
-        "text_offset": offsets,
-    }
-
-
-def chat_logprobs(entries: list[list], tops: list | None) -> dict[str, Any]:
-    def item(e: list) -> dict[str, Any]:
-        text = e[2] or ""
-        return {"token": text, "logprob": e[0], "bytes": list(text.encode())}
-
-    content = []
-    for k, e in enumerate(entries):
-        d = item(e)
-        d["top_logprobs"] = [item(t) for t in (tops[k] or [])] if tops is not None else []
-        content.append(d)
-    return {"content": content, "refusal": None}
 
 
 class OpenAIAPI:
@@ -135,7 +105,9 @@ class OpenAIAPI:
                     tops = ((out.input_top_logprobs or []) if echo else []) + (
                         out.output_top_logprobs or []
                     )
-                logprobs = completion_logprobs(entries + (out.output_token_logprobs or []), tops)
+                reader = self.ctx.vocabulary.reader(at_start=echo)
+                entries = entries + (out.output_token_logprobs or [])
+                logprobs = completion_logprobs(reader, entries, tops)
             choices.append(
                 {
                     "index": i,
@@ -154,14 +126,23 @@ class OpenAIAPI:
         specs: list[RequestSpec],
         prompts: list[str] | None,
     ) -> AsyncIterator[Any]:
-        sent = [0] * len(specs)  # characters already sent per choice (for text_offset)
+        # With logprobs, an echoed prompt goes out with its logprobs in the first chunk
+        # (so that offsets and tokens line up); without, it opens the stream.
+        held: list[str | None] = list(prompts or [])
         openings = []
-        for i, p in enumerate(prompts or []):
-            sent[i] = len(p)
-            openings.append({"index": i, "text": p, "logprobs": None, "finish_reason": None})
+        if req.top_logprobs is None:
+            openings = [
+                {"index": i, "text": p, "logprobs": None, "finish_reason": None}
+                for i, p in enumerate(held)
+            ]
+            held = []
+        readers = [self.ctx.vocabulary.reader(at_start=bool(prompts)) for _ in specs]
 
         def fields(i: int, chunk: StreamChunk, final: bool) -> dict[str, Any] | None:
-            logprobs = None
+            text, logprobs = chunk.text, None
+            prompt = held[i] if held else None
+            if prompt is not None:
+                text, held[i] = prompt + text, None
             if req.top_logprobs is not None:
                 entries = (chunk.input_logprobs or []) if prompts else []
                 entries = entries + (chunk.output_logprobs or [])
@@ -170,11 +151,10 @@ class OpenAIAPI:
                     tops = ((chunk.input_top_logprobs or []) if prompts else []) + (
                         chunk.output_top_logprobs or []
                     )
-                logprobs = completion_logprobs(entries, tops, sent[i])
-            sent[i] += len(chunk.text)
-            if not (final or chunk.text or logprobs is not None):
+                logprobs = completion_logprobs(readers[i], entries, tops)
+            if not (final or text or logprobs is not None):
                 return None
-            return {"text": chunk.text, "logprobs": logprobs}
+            return {"text": text, "logprobs": logprobs}
 
         return self._stream_choices(group, head, req, specs, openings, fields)
 
@@ -230,7 +210,8 @@ class OpenAIAPI:
             logprobs = None
             if req.top_logprobs is not None:
                 tops = out.output_top_logprobs if req.top_logprobs else None
-                logprobs = chat_logprobs(out.output_token_logprobs or [], tops)
+                reader = self.ctx.vocabulary.reader(at_start=False)
+                logprobs = chat_logprobs(reader, out.output_token_logprobs or [], tops)
             choices.append(
                 {
                     "index": i,
@@ -261,11 +242,13 @@ class OpenAIAPI:
             for i in range(len(specs))
         ]
 
+        readers = [self.ctx.vocabulary.reader(at_start=False) for _ in specs]
+
         def fields(i: int, chunk: StreamChunk, final: bool) -> dict[str, Any] | None:
             logprobs = None
             if req.top_logprobs is not None:
                 tops = chunk.output_top_logprobs if req.top_logprobs else None
-                logprobs = chat_logprobs(chunk.output_logprobs or [], tops)
+                logprobs = chat_logprobs(readers[i], chunk.output_logprobs or [], tops)
             if not (final or chunk.text or logprobs is not None):
                 return None
             return {"delta": {"content": chunk.text} if chunk.text else {}, "logprobs": logprobs}
@@ -327,7 +310,6 @@ class OpenAIAPI:
             sampling_params=req.sampling_params,
             return_logprob=logprobs,
             top_logprobs_num=req.top_logprobs,
-            return_text_in_logprobs=logprobs,
             logprob_start_len=0 if logprobs and prompt_scores else None,
             rid=req.rid,
             prompt_field="prompt" if input_ids is None else "messages",

@@ -109,7 +109,8 @@ def test_completion_logprobs_and_echo(client, model, engine):
         PROMPT, {"max_new_tokens": 6, "temperature": 0}, return_logprob=True, top_logprobs_num=3
     )
     assert lp.token_logprobs == [e[0] for e in direct.output_token_logprobs]
-    assert lp.tokens == [engine.tokenizer.decode([e[1]]) for e in direct.output_token_logprobs]
+    pieces = engine.tokenizer.convert_ids_to_tokens([e[1] for e in direct.output_token_logprobs])
+    assert lp.tokens == [p.replace("\u2581", " ") for p in pieces]  # SentencePiece's spaces
     assert all(
         len(row) == 3 and max(row.values()) == pytest.approx(v)
         for row, v in zip(lp.top_logprobs, lp.token_logprobs)
