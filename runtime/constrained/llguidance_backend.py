@@ -13,6 +13,7 @@ from typing import Any
 import llguidance
 import llguidance.hf
 import torch
+from llguidance.gbnf_to_lark import any_to_lark
 
 from .bitmask import row_pointer
 from .constraint import Constraint
@@ -110,7 +111,7 @@ class LLGuidanceBackend(GrammarBackend):
         elif constraint.kind == "choices":
             grammar = llguidance.LLMatcher.grammar_from_regex(choices_regex(constraint.choices))
         elif constraint.kind == "ebnf":
-            grammar = llguidance.LLMatcher.grammar_from_lark(constraint.value)
+            grammar = llguidance.LLMatcher.grammar_from_lark(_as_lark(constraint.value))
         else:
             raise ValueError(f"{constraint.kind}: not a constraint kind llguidance compiles")
         return LLGuidanceGrammar(self._matcher(grammar, constraint.kind), None, self)
@@ -158,3 +159,12 @@ class LLGuidanceBackend(GrammarBackend):
 def _first_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return " | ".join(lines[:3]) if lines else "invalid"
+
+
+def _as_lark(grammar: str) -> str:
+    """An `ebnf` in Lark syntax as it is; in GBNF (`root ::= ...`, what SGLang's xgrammar,
+    vLLM's guided_grammar and llama.cpp take) converted by llguidance's own translator."""
+    try:
+        return any_to_lark(grammar)
+    except Exception as exc:  # the translator's own parse errors
+        raise ValueError(f"ebnf: not a Lark or GBNF grammar: {exc}") from None

@@ -122,6 +122,9 @@ def check_prompt(ids: list[int], params: SamplingParams, limits: Limits, where: 
     bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
     if bad is not None:
         raise ValueError(f"{where}: token id {bad} is out of range [0, {limits.vocab_size})")
+    biased = next((t for t in params.logit_bias or () if t >= limits.vocab_size), None)
+    if biased is not None:
+        raise ValueError(f"logit_bias: token id {biased} is out of range [0, {limits.vocab_size})")
     room = limits.max_context if params.max_new_tokens == 0 else limits.max_context - 1
     if len(ids) > room:
         raise ValueError(

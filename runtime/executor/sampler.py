@@ -72,6 +72,7 @@ class Sampler:
             # penalties; "processed" ones are under the distribution sampled from.
             raw = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits, rows)
+        logits = self._bias(logits, rows)
         logits = self._suppress(logits, rows)
         if masks is not None:
             if logits.data_ptr() == raw_input.data_ptr():
@@ -137,6 +138,21 @@ class Sampler:
             seen = _counts([r.prompt_ids + r.output_ids for r in rows], batch, vocab, device) > 0
             penalised = torch.where(logits > 0, logits / rep[:, None], logits * rep[:, None])
             logits = torch.where(seen, penalised, logits)
+        return logits
+
+    @staticmethod
+    def _bias(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """logit_bias: added after the penalties and before temperature, as vLLM and OpenAI
+        apply it (so "processed" logprobs see it and "raw" ones do not)."""
+        entries = [
+            (i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items()
+        ]
+        if not entries:
+            return logits
+        rows_idx, tokens, biases = zip(*entries)
+        logits = logits.clone()
+        bias = torch.tensor(biases, dtype=logits.dtype, device=logits.device)
+        logits.index_put_((torch.tensor(rows_idx), torch.tensor(tokens)), bias, accumulate=True)
         return logits
 
     @staticmethod

@@ -38,6 +38,9 @@ class SamplingParams:
     no_stop_trim: bool = False
     n: int = 1
     seed: int | None = None
+    # Added to the logits before sampling, per token id (OpenAI's logit_bias: -100 to 100,
+    # where -100 bans a token and 100 all but forces it). JSON keys are strings; ids here.
+    logit_bias: dict[int, float] | None = None
     # Which distribution a returned logprob is under (with return_logprob): "raw", the
     # model's own softmax; "processed", the one the token was drawn from (penalties,
     # temperature, min-p / top-k / top-p and their renormalisation; greedy requests: the
@@ -87,6 +90,7 @@ class SamplingParams:
                 f"logprobs_mode: {shown(self.logprobs_mode)} is not one of {', '.join(LOGPROBS_MODES)}"
             )
         check_bool("return_kept_mass", self.return_kept_mass)
+        self.logit_bias = _bias_map(self.logit_bias)
         if self.seed is not None:
             check_int("seed", self.seed, low=0, high=(1 << 64) - 1)
         self.constraint = check_constraint_fields(
@@ -158,6 +162,20 @@ def _string_list(name: str, value: Any) -> list[str]:
         if not isinstance(s, str) or not s:
             raise ValueError(f"{name}[{i}]: expected a non-empty string, got {shown(s)}")
     return list(value)
+
+
+def _bias_map(value: Any) -> dict[int, float] | None:
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"logit_bias: expected an object of token id -> bias, got {shown(value)}")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else key
+        check_int(f"logit_bias key {shown(key)}", token, low=0)
+        check_float(f"logit_bias[{token}]", bias, low=-100.0, high=100.0)
+        out[token] = float(bias)
+    return out
 
 
 def _id_list(name: str, value: Any) -> list[int]:

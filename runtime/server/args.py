@@ -46,6 +46,22 @@ class ServerArgs:
     body_timeout: float = option(
         60.0, "seconds a client may take to send a request's body; then 408"
     )
+    tool_call_parser: str = option(
+        "auto",
+        "the format tool calls take in the model's text, for tool_choice 'auto' (auto: read "
+        "off the chat template)",
+        choices=("auto", "hermes", "llama3_json", "qwen25", "llama3"),
+    )
+    strict_fields: bool = option(
+        False,
+        "refuse OpenAI request fields nobody defines (400) instead of ignoring them with a "
+        "logged warning",
+    )
+    allow_auto_truncate: bool = option(
+        False,
+        "cut the new tokens a request asks for to the room its prompt leaves in the context, "
+        "instead of answering 400 (SGLang's flag)",
+    )
     incremental_streaming_output: bool = option(
         False, "/generate streams deltas instead of the cumulative text (SGLang's flag)"
     )

@@ -96,12 +96,33 @@ def _text_content(content: Any, role: str, where: str) -> str:
     raise HTTPError(400, f"{where}.content: expected a string or a list of text parts")
 
 
+def chat_continuation(body: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """`add_generation_prompt` (default true) and vLLM's / SGLang's `continue_final_message`:
+    the reply continues the last, assistant, message instead of starting a new one (the
+    template renders it open). Asking for both is a contradiction, as vLLM answers."""
+    add = body.get("add_generation_prompt")
+    cont = body.get("continue_final_message", False)
+    for name, value in (("add_generation_prompt", add), ("continue_final_message", cont)):
+        if value is not None and not isinstance(value, bool):
+            raise HTTPError(400, f"{name}: expected true or false, got {shown(value)}")
+    if not cont:
+        return add is not False, False
+    if add:
+        raise HTTPError(
+            400, "continue_final_message: cannot be combined with add_generation_prompt true"
+        )
+    if messages[-1]["role"] != "assistant":
+        raise HTTPError(400, "continue_final_message: the last message must be the assistant's")
+    return False, True
+
+
 def chat_prompt_ids(
     tokenizer: Any,
     template: str | None,
     messages: list[dict[str, Any]],
     add_generation_prompt: bool = True,
     template_kwargs: dict[str, Any] | None = None,
+    continue_final_message: bool = False,
 ) -> list[int]:
     """Render the chat and tokenize it. The template writes any BOS itself, so the
     tokenizer adds no special tokens of its own."""
@@ -118,6 +139,7 @@ def chat_prompt_ids(
             chat_template=template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
             **(template_kwargs or {}),
         )
     except Exception as exc:  # jinja's own errors, and templates' raise_exception

@@ -14,8 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..engine.engine import Engine
+from ..engine.inputs import RequestSpec
 from .args import ServerArgs
 from .chat_template import load_template
+from .context_fit import fit_context
 from .engine_client import EngineClient
 from .http_io import ClientGone, HTTPError, error_response, read_json
 from .metrics import Metrics
@@ -79,6 +81,14 @@ class ServerContext:
     async def read_json(self, request: Request) -> dict[str, Any]:
         """The body as a JSON object, within the size and time limits."""
         return await read_json(request, self.args.max_body_bytes, self.args.body_timeout)
+
+    def fit_context(
+        self, specs: list[RequestSpec], asked: list[bool], field_name: str
+    ) -> list[RequestSpec]:
+        """Specs whose prompt and new tokens fit the context: 400 or clamped (context_fit)."""
+        return fit_context(
+            specs, self.engine.max_context, asked, field_name, self.args.allow_auto_truncate
+        )
 
     def need_tokenizer(self, field_name: str) -> Any:
         if self.engine.tokenizer is None:

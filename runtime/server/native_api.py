@@ -143,6 +143,12 @@ class NativeAPI:
         body = await self.ctx.read_json(request)
         parsed = parse_generate(body)
         specs, single = await self.ctx.client.prepare(parsed)
+        given = body.get("sampling_params")
+        asked = [
+            isinstance(p, dict) and p.get("max_new_tokens") is not None
+            for p in (given if isinstance(given, list) else [given])
+        ]
+        specs = self.ctx.fit_context(specs, asked, "sampling_params.max_new_tokens")
         if parsed.stream:
             events = partial(self._stream, specs=specs, single=single)
             return self.ctx.client.stream(specs, events)  # type: ignore[return-value]

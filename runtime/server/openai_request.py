@@ -1,51 +1,20 @@
 """OpenAI request bodies (/v1/completions, /v1/chat/completions) checked field by field and
-mapped to SGLang-style sampling_params. Unknown fields are refused, as OpenAI refuses them."""
+mapped to SGLang-style sampling_params; which fields are known, and what becomes of each, is
+in openai_fields."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..constrained.request_formats import response_format_params
 from ..utils.checks import shown
 from .http_io import HTTPError
-
-# OpenAI name -> sampling_params name, for fields that map one to one.
-_RENAMED = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "n": "n",
-    "stop": "stop",
-    "seed": "seed",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-    # SGLang's and vLLM's extensions, passed the same way
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "repetition_penalty": "repetition_penalty",
-    "min_tokens": "min_new_tokens",
-    "ignore_eos": "ignore_eos",
-    "regex": "regex",
-    "json_schema": "json_schema",
-    "ebnf": "ebnf",
-    "stop_token_ids": "stop_token_ids",
-    "skip_special_tokens": "skip_special_tokens",
-    "no_stop_trim": "no_stop_trim",
-}
-# Accepted and without effect here.
-_IGNORED = {"model", "user", "metadata", "store", "service_tier", "stream_options", "stream"}
-_COMMON = set(_RENAMED) | _IGNORED | {"max_tokens", "logit_bias", "response_format", "rid"}
-COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs", "suffix", "best_of"}
-CHAT_FIELDS = _COMMON | {
-    "messages",
-    "max_completion_tokens",
-    "logprobs",
-    "top_logprobs",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "add_generation_prompt",
-    "chat_template_kwargs",
-}
+from .openai_fields import (
+    CHAT_FIELDS,
+    COMPLETION_FIELDS,
+    RENAMED,
+    constraint_params,
+    screen_fields,
+)
 
 
 class OpenAIRequest(NamedTuple):
@@ -57,15 +26,19 @@ class OpenAIRequest(NamedTuple):
 
 
 def parse_common(
-    body: dict[str, Any], allowed: set[str], default_max_tokens: int | None
+    body: dict[str, Any], allowed: set[str], default_max_tokens: int | None, strict: bool
 ) -> OpenAIRequest:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise HTTPError(400, f"{', '.join(unknown)}: unrecognized request field(s)")
+    screen_fields(body, allowed, strict)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise HTTPError(400, f"model: expected a string, got {shown(model)}")
-    params = {_RENAMED[k]: v for k, v in body.items() if k in _RENAMED and v is not None}
+    params: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in RENAMED and value is not None:
+            name = RENAMED[key]
+            if name in params and params[name] != value:
+                raise HTTPError(400, f"{key}: conflicts with another field setting {name}")
+            params[name] = value
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = default_max_tokens
@@ -74,13 +47,10 @@ def parse_common(
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise HTTPError(400, f"{field}: expected an integer >= 0, got {shown(max_tokens)}")
         params["max_new_tokens"] = max_tokens
-    if body.get("logit_bias"):
-        raise HTTPError(400, "logit_bias: not supported")
-    if body.get("response_format") is not None:
-        try:
-            params.update(response_format_params(body["response_format"]))
-        except ValueError as exc:
-            raise HTTPError(400, str(exc)) from None
+    for name, value in constraint_params(body).items():
+        if name in params:
+            raise HTTPError(400, f"{name}: asked for by two fields; send one constraint")
+        params[name] = value
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
     include_usage = False
@@ -90,16 +60,19 @@ def parse_common(
         if not stream:
             raise HTTPError(400, "stream_options: only allowed when stream is true")
         include_usage = _bool(options, "include_usage", False, "stream_options.include_usage")
-    rid = body.get("rid")
+    rid_field = "rid" if body.get("rid") is not None else "request_id"  # SGLang's, vLLM's
+    rid = body.get(rid_field)
     if rid is not None and not isinstance(rid, str):
-        raise HTTPError(400, f"rid: expected a string, got {shown(rid)}")
+        raise HTTPError(400, f"{rid_field}: expected a string, got {shown(rid)}")
     return OpenAIRequest(params, stream, include_usage, None, rid)
 
 
-def parse_completion(body: dict[str, Any], max_top: int) -> tuple[OpenAIRequest, bool]:
+def parse_completion(
+    body: dict[str, Any], max_top: int, strict: bool
+) -> tuple[OpenAIRequest, bool]:
     """The request, and whether to echo the prompt. `max_top`: the most top logprobs the
-    engine gives (its RequestLimits)."""
-    req = parse_common(body, COMPLETION_FIELDS, default_max_tokens=16)  # OpenAI's default
+    engine gives (its RequestLimits); `strict`: unknown fields are refused."""
+    req = parse_common(body, COMPLETION_FIELDS, 16, strict)  # OpenAI's default of 16
     if body.get("prompt") is None:
         raise HTTPError(400, "prompt: required")
     if body.get("suffix"):
@@ -113,11 +86,10 @@ def parse_completion(body: dict[str, Any], max_top: int) -> tuple[OpenAIRequest,
     return req._replace(top_logprobs=logprobs), _bool(body, "echo", False)
 
 
-def parse_chat(body: dict[str, Any], default_max_tokens: int, max_top: int) -> OpenAIRequest:
-    req = parse_common(body, CHAT_FIELDS, default_max_tokens)
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools or choice not in (None, "none"):
-        raise HTTPError(400, "tools: tool calling is not supported")
+def parse_chat(
+    body: dict[str, Any], default_max_tokens: int, max_top: int, strict: bool
+) -> OpenAIRequest:
+    req = parse_common(body, CHAT_FIELDS, default_max_tokens, strict)
     top = None
     if _bool(body, "logprobs", False):
         top = body.get("top_logprobs") or 0

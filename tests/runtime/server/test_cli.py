@@ -63,10 +63,12 @@ def test_serve_logs_guards_and_shuts_down_cleanly():
             body = {"text": PROMPT, "stream": True, "sampling_params": params}
             return threading.Thread(target=stream_lines, args=(url, body, out))
 
-        threads = [streamer(40, short), streamer(100000, long)]
+        threads = [streamer(40, short), streamer(8000, long)]  # what the context holds
         for t in threads:
             t.start()
+        deadline = time.time() + 60
         while len(long) < 3:
+            assert time.time() < deadline and threads[1].is_alive(), long
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

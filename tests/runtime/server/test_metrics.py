@@ -49,7 +49,7 @@ def test_running_requests_show_while_they_run(http, server, engine):
         "text": "Once upon a time",
         "stream": True,
         "rid": "seen",
-        "sampling_params": {"max_new_tokens": 100000, "ignore_eos": True},
+        "sampling_params": {"max_new_tokens": 500, "ignore_eos": True},
     }
     with httpx.Client(base_url=server.url, timeout=60) as other:
         with other.stream("POST", "/generate", json=body) as r:

@@ -207,7 +207,7 @@ def test_abort_request_ends_a_running_request(http, server, engine):
     body = {
         "text": PROMPT,
         "rid": "to-abort",
-        "sampling_params": {"max_new_tokens": 100000, "ignore_eos": True},
+        "sampling_params": {"max_new_tokens": 500, "ignore_eos": True},
         "stream": True,
     }
     with httpx.Client(base_url=server.url, timeout=60) as other:
@@ -229,7 +229,7 @@ def test_streamed_prompt_logprobs_are_whole_when_the_prompt_was_chunked(http, se
     stream must still carry all of the prompt's logprobs, whole, in its first event (later
     events carry only their new tokens' logprobs)."""
     busy = {"text": PROMPT, "rid": "busy", "stream": True,
-            "sampling_params": {"max_new_tokens": 100000, "ignore_eos": True}}  # fmt: skip
+            "sampling_params": {"max_new_tokens": 500, "ignore_eos": True}}  # fmt: skip
     long_ids = engine.tokenizer.encode("Once upon a time, there was a dog. " * 12)
     assert len(long_ids) > 2 * 64  # over two CPU prefill chunks
     body = {"input_ids": long_ids, "sampling_params": {"max_new_tokens": 3, "temperature": 0},

@@ -255,8 +255,8 @@ def test_bad_openai_fields_name_themselves(server):
         ({"prompt": PROMPT, "max_tokens": -1}, "max_tokens"),
         ({"prompt": PROMPT, "temperature": "hot"}, "temperature"),
         ({"prompt": PROMPT, "logprobs": 50}, "logprobs"),
-        ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate"),
-        ({"prompt": PROMPT, "logit_bias": {"5": 3}}, "logit_bias"),
+        ({"prompt": PROMPT, "logit_bias": {"5": 300}}, "logit_bias[5]"),
+        ({"prompt": PROMPT, "use_beam_search": True}, "use_beam_search"),
         ({"max_tokens": 3}, "prompt"),
     ]
     with httpx.Client(base_url=server.url, timeout=30) as http:
