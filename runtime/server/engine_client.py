@@ -157,11 +157,15 @@ class EngineClient:
         return group
 
     def stream(
-        self, specs: list[RequestSpec], events: Callable[[RequestGroup], AsyncIterator[Any]]
+        self,
+        specs: list[RequestSpec],
+        events: Callable[[RequestGroup], AsyncIterator[Any]],
+        typed: bool = False,
     ) -> EventStream:
-        """Submit `specs` now and answer with the events `events(group)` makes of theirs."""
+        """Submit `specs` now and answer with the events `events(group)` makes of theirs
+        (`typed`: as the Responses API sends them, see EventStream)."""
         group = self.open(specs, stream=True)
-        return EventStream(events(group), group.close)
+        return EventStream(events(group), group.close, typed)
 
     async def outputs(self, request: Request, specs: list[RequestSpec]) -> list[GenerateOutput]:
         """Submit `specs` now and await their outputs; a client that leaves aborts them."""

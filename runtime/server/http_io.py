@@ -114,7 +114,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 class EventStream:
-    """A `text/event-stream` response of `data: <json>` events ending with `data: [DONE]`.
+    """A `text/event-stream` response of `data: <json>` events ending with `data: [DONE]`,
+    or (`typed`: the Responses API's way) of `event: <its type>` + `data: <json>` events
+    without the `[DONE]`.
 
     The events come from an async generator. If the client disconnects, the generator is
     cancelled at once (its `finally` aborts the engine requests), not at the next write.
@@ -126,9 +128,12 @@ class EventStream:
         (b"x-accel-buffering", b"no"),
     ]
 
-    def __init__(self, events: AsyncIterator[Any], on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, events: AsyncIterator[Any], on_close: Callable[[], None], typed: bool = False
+    ) -> None:
         self.events = events
         self.on_close = on_close  # runs even if the events never started (aborts them)
+        self.typed = typed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -153,15 +158,25 @@ class EventStream:
     async def _pump(self, send: Send) -> None:
         try:
             async for event in self.events:
-                await send({"type": "http.response.body", "body": sse(event), "more_body": True})
+                body = sse(event, self.typed)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         except HTTPError as exc:  # the headers are gone: the error becomes the last event
-            await send({"type": "http.response.body", "body": sse(exc.body()), "more_body": True})
+            body = sse(exc.body(), self.typed)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         except Exception as exc:
             logger.exception("a stream failed")
             error = HTTPError(500, f"internal error: {type(exc).__name__}: {exc}")
-            await send({"type": "http.response.body", "body": sse(error.body()), "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            body = sse(error.body(), self.typed)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        end = b"" if self.typed else b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": end, "more_body": False})
 
 
-def sse(event: Any) -> bytes:
-    return b"data: " + dumps(event) + b"\n\n"
+def sse(event: Any, typed: bool = False) -> bytes:
+    """One server-sent event; `typed`: with an `event:` line naming its type (an error's
+    is "error")."""
+    data = b"data: " + dumps(event) + b"\n\n"
+    if not typed:
+        return data
+    kind = event.get("type") if isinstance(event, dict) else None
+    return f"event: {kind if isinstance(kind, str) else 'error'}\n".encode() + data

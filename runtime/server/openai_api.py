@@ -1,5 +1,5 @@
 """The OpenAI API: /v1/models, /v1/completions, and the routes of /v1/chat/completions
-(openai_chat), with streaming (server-sent events ending in `[DONE]`), n, stop, logprobs and
+(openai_chat) and /v1/responses (responses_api), with streaming (server-sent events ending in `[DONE]`), n, stop, logprobs and
 usage."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .openai_chat import ChatAPI
 from .openai_common import finish_reason, generate_request, max_top, stream_choices, usage
 from .openai_logprobs import completion_logprobs
 from .openai_request import OpenAIRequest, parse_completion
+from .responses_api import ResponsesAPI
 
 
 class OpenAIAPI:
@@ -36,6 +37,7 @@ class OpenAIAPI:
             Route("/v1/models/{model_id:path}", handler(self.model), methods=["GET"]),
             Route("/v1/completions", handler(self.completions), methods=["POST"]),
             Route("/v1/chat/completions", handler(self.chat.chat), methods=["POST"]),
+            *ResponsesAPI(self.ctx, self.chat).routes(),
         ]
 
     async def models(self, request: Request) -> Response:
