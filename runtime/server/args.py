@@ -52,6 +52,12 @@ class ServerArgs:
         "off the chat template)",
         choices=("auto", "hermes", "llama3_json", "qwen25", "llama3"),
     )
+    reasoning_parser: str | None = option(
+        None,
+        "split a reasoning model's <think>...</think> into the reply's reasoning_content "
+        "(SGLang's flag; unless a request sets separate_reasoning false)",
+        choices=("deepseek-r1", "qwen3"),
+    )
     strict_fields: bool = option(
         False,
         "refuse OpenAI request fields nobody defines (400) instead of ignoring them with a "

@@ -39,6 +39,11 @@ class ChatRequest(NamedTuple):
     req: OpenAIRequest
     tools: ToolRequest | None
     specs: list[RequestSpec]
+    reasoning: str | None  # the reasoning parser, when the reasoning is separated
+    stream_reasoning: bool
+
+    def reply(self, fmt: str) -> ChatReply:
+        return ChatReply(self.tools, fmt, self.reasoning, self.stream_reasoning)
 
 
 class ChatAPI:
@@ -92,7 +97,9 @@ class ChatAPI:
         )
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         specs = self.ctx.fit_context(specs, [body.get(field) is not None], field)
-        return ChatRequest(req, tools, specs)
+        separate = _flag(body, "separate_reasoning")
+        parser = self.ctx.args.reasoning_parser if separate else None
+        return ChatRequest(req, tools, specs, parser, _flag(body, "stream_reasoning"))
 
     async def chat(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
@@ -113,7 +120,7 @@ class ChatAPI:
                 tops = out.output_top_logprobs if req.top_logprobs else None
                 reader = self.ctx.vocabulary.reader(at_start=False)
                 logprobs = chat_logprobs(reader, out.output_token_logprobs or [], tops)
-            reply = ChatReply(chat.tools, fmt)
+            reply = chat.reply(fmt)
             choices.append(
                 {
                     "index": i,
@@ -141,7 +148,7 @@ class ChatAPI:
             for i in range(len(specs))
         ]
         readers = [self.ctx.vocabulary.reader(at_start=False) for _ in specs]
-        replies = [ChatReply(chat.tools, fmt) for _ in specs]
+        replies = [chat.reply(fmt) for _ in specs]
 
         def fields(i: int, chunk: StreamChunk, final: bool) -> dict[str, Any] | None:
             logprobs = None
@@ -158,3 +165,13 @@ class ChatAPI:
 
         head = {**head, "object": "chat.completion.chunk"}
         return stream_choices(group, head, req, specs, openings, fields)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    """SGLang's reasoning switches: true unless set false."""
+    value = body.get(name, True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise HTTPError(400, f"{name}: expected true or false, got {value!r:.40}")
+    return value

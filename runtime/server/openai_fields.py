@@ -64,10 +64,14 @@ CHAT_ONLY = {
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "functions",  # OpenAI's deprecated forms of tools and tool_choice
+    "function_call",
     "add_generation_prompt",
     "continue_final_message",
     "chat_template_kwargs",
     "modalities",
+    "separate_reasoning",  # SGLang's: with --reasoning-parser
+    "stream_reasoning",
 }
 
 # OpenAI's fields without an effect on what this server computes (billing, storage, caching
@@ -88,8 +92,6 @@ IGNORED = {
     "web_search_options",  # this server never reaches the network for a client
     "priority",
     "guided_decoding_backend",
-    "separate_reasoning",
-    "stream_reasoning",
     "spaces_between_special_tokens",
 }
 
@@ -97,8 +99,6 @@ IGNORED = {
 # 400 when they ask for anything, since ignoring them would change the result.
 REFUSED = {
     "audio": "audio output is not supported",
-    "functions": "the deprecated function-calling fields are not supported; send `tools`",
-    "function_call": "the deprecated function-calling fields are not supported; send `tool_choice`",
     "use_beam_search": "beam search is not supported",
     "allowed_token_ids": "not supported; use logit_bias or a regex constraint",
     "bad_words": "not supported; use logit_bias",

@@ -16,7 +16,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..engine.outputs import GenerateOutput, StreamChunk
-from .chat_reply import ChatReply
 from .context import ServerContext, handler
 from .engine_client import RequestGroup
 from .http_io import HTTPError, json_response
@@ -48,8 +47,10 @@ class ResponsesAPI:
             events = partial(self._stream, shell=shell, chat=prepared, fmt=fmt)
             return self.ctx.client.stream(prepared.specs, events, typed=True)  # type: ignore[return-value]
         [out] = await self.ctx.client.outputs(request, prepared.specs)
-        message = ChatReply(prepared.tools, fmt).whole(out.text)
+        message = prepared.reply(fmt).whole(out.text)
         items = []
+        if message.get("reasoning_content"):
+            items.append(_reasoning_item(message["reasoning_content"]))
         if message["content"] is not None and (message["content"] or "tool_calls" not in message):
             items.append(_message_item(_id("msg"), message["content"], "completed"))
         for call in message.get("tool_calls", []):
@@ -60,7 +61,7 @@ class ResponsesAPI:
         self, group: RequestGroup, shell: dict[str, Any], chat: ChatRequest, fmt: str
     ) -> AsyncIterator[dict[str, Any]]:
         events = _Events(shell)
-        reply = ChatReply(chat.tools, fmt)
+        reply = chat.reply(fmt)
         try:
             yield events.make("response.created", response={**shell, "status": "in_progress"})
             yield events.make("response.in_progress", response={**shell, "status": "in_progress"})
@@ -187,6 +188,16 @@ def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
         "status": status,
         "role": "assistant",
         "content": [part],
+    }
+
+
+def _reasoning_item(text: str) -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": _id("rs"),
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": "completed",
     }
 
 

@@ -33,6 +33,9 @@ class ToolRequest:
     named: str | None = None  # the function tool_choice names
     parallel: bool = True
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> parameters
+    # Asked for with OpenAI's deprecated `functions` / `function_call`: one call, answered
+    # as the message's `function_call` (finish_reason "function_call") instead of tool_calls.
+    legacy: bool = False
 
     @property
     def constrained(self) -> bool:
@@ -87,7 +90,16 @@ def new_call(name: str, arguments: str) -> dict[str, Any]:
 
 
 def parse_tools(body: dict[str, Any]) -> ToolRequest | None:
-    """`tools`, `tool_choice` and `parallel_tool_calls`, checked; None without tools."""
+    """`tools`, `tool_choice` and `parallel_tool_calls`, checked; None without tools. The
+    deprecated `functions` and `function_call` are read as the tools and choice they
+    stand for."""
+    if body.get("functions") or body.get("function_call") is not None:
+        if body.get("tools") or body.get("tool_choice") is not None:
+            raise HTTPError(400, "functions: send either functions or tools, not both")
+        legacy = parse_tools(_as_tools(body))
+        if legacy is not None:
+            legacy.legacy, legacy.parallel = True, False
+        return legacy
     tools, choice = body.get("tools"), body.get("tool_choice")
     parallel = body.get("parallel_tool_calls", True)
     if parallel is not None and not isinstance(parallel, bool):
@@ -132,6 +144,16 @@ def parse_tools(body: dict[str, Any]) -> ToolRequest | None:
         raise HTTPError(400, f"tool_choice.function.name: {named!r} is not one of the tools")
     request.choice, request.named = "named", named
     return request
+
+
+def _as_tools(body: dict[str, Any]) -> dict[str, Any]:
+    functions, choice = body.get("functions"), body.get("function_call")
+    if functions is not None and not isinstance(functions, list):
+        raise HTTPError(400, f"functions: expected a list of functions, got {shown(functions)}")
+    tools = [{"type": "function", "function": f} for f in functions or []]
+    if isinstance(choice, dict):
+        choice = {"type": "function", "function": choice}
+    return {"tools": tools, "tool_choice": choice}
 
 
 def history_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

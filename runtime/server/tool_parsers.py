@@ -99,7 +99,7 @@ class HermesParser(ToolParser):
                 self.buffer = self.buffer[start + len(self.OPEN) :]
                 self.in_call = True
                 continue
-            keep = _partial_suffix(self.buffer, self.OPEN)
+            keep = partial_suffix(self.buffer, self.OPEN)
             content += self.buffer[: len(self.buffer) - keep]
             self.buffer = self.buffer[len(self.buffer) - keep :]
             return content, calls
@@ -162,7 +162,7 @@ def _json_call(body: str) -> dict[str, Any] | None:
         return None
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that begins `tag` (held back: it may be one)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

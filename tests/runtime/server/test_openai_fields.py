@@ -101,7 +101,6 @@ def test_strict_fields_refuses_unknown_ones(engine):
         ("allowed_token_ids", [1, 2]),
         ("audio", {"voice": "alloy", "format": "mp3"}),
         ("modalities", ["text", "audio"]),
-        ("functions", [{"name": "f", "parameters": {}}]),
         ("lora_path", "adapter"),
         ("chat_template", "{{ messages }}"),
     ],

@@ -151,6 +151,28 @@ def test_required_calls_validate_on_50_seeds(hermes):
         assert choice.finish_reason in ("tool_calls", "length")
 
 
+def test_the_deprecated_functions_fields(hermes):
+    """`functions` / `function_call`, as older clients send them: one call, answered as
+    the message's `function_call`."""
+    kw = dict(
+        messages=USER,
+        functions=[WEATHER["function"], TIME["function"]],
+        function_call={"name": "get_weather"},
+        max_tokens=80,
+        seed=4,
+    )
+    c = chat(hermes, **kw)
+    message = c.choices[0].message
+    assert c.choices[0].finish_reason == "function_call" and message.tool_calls is None
+    assert message.function_call.name == "get_weather"
+    jsonschema.validate(json.loads(message.function_call.arguments), SCHEMAS["get_weather"])
+    chunks = list(chat(hermes, stream=True, **kw))
+    deltas = [ch.choices[0].delta.function_call for ch in chunks if ch.choices]
+    arguments = "".join(d.arguments or "" for d in deltas if d is not None)
+    assert deltas[1].name == "get_weather" and arguments == message.function_call.arguments
+    assert chunks[-1].choices[0].finish_reason == "function_call"
+
+
 def test_auto_parses_hermes_calls_from_the_text(hermes):
     text = "Let me look." + HERMES_CALL
     c = chat(
