@@ -28,7 +28,7 @@ from .engine_client import INLINE_TEXT_CHARS, RequestGroup, off_loop
 from .http_io import HTTPError, json_response
 from .openai_common import finish_reason, generate_request, max_top, stream_choices, usage
 from .openai_logprobs import chat_logprobs
-from .openai_request import OpenAIRequest, parse_chat
+from .openai_request import OpenAIRequest, bool_field, parse_chat
 from .tool_calls import ToolRequest, history_for_template, parse_tools
 from .tool_parsers import format_for
 
@@ -97,9 +97,11 @@ class ChatAPI:
         )
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         specs = self.ctx.fit_context(specs, [body.get(field) is not None], field)
-        separate = _flag(body, "separate_reasoning")
+        # SGLang's reasoning switches, on unless set false
+        separate = bool_field(body, "separate_reasoning", True)
         parser = self.ctx.args.reasoning_parser if separate else None
-        return ChatRequest(req, tools, specs, parser, _flag(body, "stream_reasoning"))
+        streamed = bool_field(body, "stream_reasoning", True)
+        return ChatRequest(req, tools, specs, parser, streamed)
 
     async def chat(self, request: Request) -> Response:
         body = await self.ctx.read_json(request)
@@ -165,13 +167,3 @@ class ChatAPI:
 
         head = {**head, "object": "chat.completion.chunk"}
         return stream_choices(group, head, req, specs, openings, fields)
-
-
-def _flag(body: dict[str, Any], name: str) -> bool:
-    """SGLang's reasoning switches: true unless set false."""
-    value = body.get(name, True)
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise HTTPError(400, f"{name}: expected true or false, got {value!r:.40}")
-    return value

@@ -51,7 +51,7 @@ def parse_common(
         if name in params:
             raise HTTPError(400, f"{name}: asked for by two fields; send one constraint")
         params[name] = value
-    stream = _bool(body, "stream", False)
+    stream = bool_field(body, "stream", False)
     options = body.get("stream_options")
     include_usage = False
     if options is not None:
@@ -59,7 +59,7 @@ def parse_common(
             raise HTTPError(400, "stream_options: expected an object")
         if not stream:
             raise HTTPError(400, "stream_options: only allowed when stream is true")
-        include_usage = _bool(options, "include_usage", False, "stream_options.include_usage")
+        include_usage = bool_field(options, "include_usage", False, "stream_options.include_usage")
     rid_field = "rid" if body.get("rid") is not None else "request_id"  # SGLang's, vLLM's
     rid = body.get(rid_field)
     if rid is not None and not isinstance(rid, str):
@@ -83,7 +83,7 @@ def parse_completion(
     logprobs = body.get("logprobs")
     if logprobs is not None:
         _check_top(logprobs, "logprobs", max_top)
-    return req._replace(top_logprobs=logprobs), _bool(body, "echo", False)
+    return req._replace(top_logprobs=logprobs), bool_field(body, "echo", False)
 
 
 def parse_chat(
@@ -91,7 +91,7 @@ def parse_chat(
 ) -> OpenAIRequest:
     req = parse_common(body, CHAT_FIELDS, default_max_tokens, strict)
     top = None
-    if _bool(body, "logprobs", False):
+    if bool_field(body, "logprobs", False):
         top = body.get("top_logprobs") or 0
         _check_top(top, "top_logprobs", max_top)
     elif body.get("top_logprobs") is not None:
@@ -106,7 +106,8 @@ def _check_top(value: Any, field: str, max_top: int) -> None:
         )
 
 
-def _bool(body: dict[str, Any], name: str, default: bool, field: str | None = None) -> bool:
+def bool_field(body: dict[str, Any], name: str, default: bool, field: str | None = None) -> bool:
+    """A true/false field (its default when absent or null); anything else is a 400."""
     value = body.get(name, default)
     if value is None:
         return default
