@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "extend": ("extend_attention", "prompt attention over the paged pool: C++ kernel vs SDPA"),
     "rollout": ("rollout", "RL: GRPO-shaped rollout vs transformers, weight-sync time"),
     "rlstep": ("rl_step", "RL: one GRPO step (rollout / sync / train), loomlm vs TRL GRPOTrainer"),
+    "quant": ("quantization", "int8 weights: decode speed, memory, perplexity vs unquantized"),
 }
 
 

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--enforce-eager", action="store_true", help="op by op, no compiled forward graph"
     )
+    parser.add_argument("--quantization", default=None, help="e.g. int8 (weight quantization)")
 
 
 def _timed(spent: dict[str, float], part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,6 +50,7 @@ def main(args: argparse.Namespace) -> None:
     engine = Engine(
         bench_model_dir(), dtype=args.dtype, device="cpu", skip_tokenizer_init=True,
         max_total_tokens=64 * 1024, enforce_eager=args.enforce_eager,
+        quantization=args.quantization,
     )  # fmt: skip
     spent: dict[str, float] = defaultdict(float)
     runner, sched, model = engine.runner, engine.scheduler, engine.model

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constrained.config import ConstraintConfig
+from ..executor.quantize import check_scheme
 from ..kvcache.config import CacheConfig
 from ..scheduler.config import SchedulerConfig
 from ..utils.checks import check_bool, check_int
@@ -41,6 +42,15 @@ class EngineConfig:
         "run the model op by op: no compiled graph of the forward step (CPU compiles one by "
         "default, at start-up, cached on disk across processes)",
     )
+    quantization: str | None = option(
+        None,
+        "quantization at load: int8 (weights symmetric per output channel; on AVX-512 VNNI "
+        "the activations per row too) for the decoder layers' projections and an untied LM "
+        "head; the embedding keeps the checkpoint's dtype",
+    )
+    quantization_keep_lm_head: bool = option(
+        False, "with quantization, keep an untied LM head in the checkpoint's dtype"
+    )
     deterministic: bool = option(
         False,
         "batch-invariant mode: a request's tokens and logprobs are bitwise the same alone, in "
@@ -60,6 +70,13 @@ class EngineConfig:
         check_bool("skip_tokenizer_init", self.skip_tokenizer_init)
         check_bool("enforce_eager", self.enforce_eager)
         check_bool("deterministic", self.deterministic)
+        check_scheme(self.quantization)
+        check_bool("quantization_keep_lm_head", self.quantization_keep_lm_head)
+        if self.quantization is not None and self.deterministic:
+            raise ValueError(
+                "quantization: not available in deterministic mode (its kernel is the "
+                "batch-invariant one, which runs float32 and bfloat16 weights)"
+            )
         check_int("seed", self.seed, low=0)
 
     @classmethod

@@ -31,6 +31,7 @@ from ..executor.model_runner import ModelRunner
 from ..executor.models.config import ModelConfig
 from ..executor.models.loader import load_model, resolve_dtype, resolve_model_dir
 from ..executor.packed_linear import make_row_invariant, pack_linears
+from ..executor.quantize import quantize_linears
 from ..kvcache.kv_budget import kv_slots_for
 from ..kvcache.kv_pool import KVPool
 from ..kvcache.prefix_cache import NoPrefixCache
@@ -111,9 +112,8 @@ class Engine(RLControl):
         self.model = load_model(self.model_dir, model_config, self.dtype, self.device)
         if config.deterministic:  # every layer on the row-wise kernel, whatever its size
             make_row_invariant(self.model)
-        packed = pack_linears(self.model)  # CPU: weights in a kernel's layout (packed_linear.py)
-        if packed:
-            logger.info("%d linear layers packed for the CPU linear kernel", packed)
+        quantize_linears(self.model, config.quantization, not config.quantization_keep_lm_head)
+        pack_linears(self.model)  # CPU: weights in a kernel's layout (packed_linear.py)
 
         sched = config.scheduler
         slots = kv_slots_for(

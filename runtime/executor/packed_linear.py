@@ -169,6 +169,8 @@ def pack_linears(model: nn.Module, min_bytes: int | None = None) -> int:
             if isinstance(child, nn.Linear) and _weight_bytes(child) >= min_bytes:
                 setattr(parent, name, PackedLinear(child))
                 count += 1
+    if count:
+        logger.info("%d linear layers packed for the CPU linear kernel", count)
     return count
 
 

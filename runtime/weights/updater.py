@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..executor.models.config import ModelConfig
+from ..executor.quantize import Int8Linear
 from .targets import NOT_WEIGHTS, Piece, pieces_of
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]
@@ -33,6 +34,8 @@ class WeightUpdater:
         self.updates = 0  # updates applied since start
         self._busy = threading.Lock()
         self._busy_with = ""
+        # Quantized at load: the int8 layers hold no weight a trainer's tensors could replace.
+        self.quantized = any(isinstance(m, Int8Linear) for m in model.modules())
 
     @contextmanager
     def exclusive(self, call: str) -> Iterator[None]:
@@ -52,6 +55,11 @@ class WeightUpdater:
     def plan(self, named_tensors: NamedTensors, field: str = "named_tensors") -> Plan:
         """Check an update; returns (piece, tensor) pairs to write. ValueError names the first
         bad entry and what was expected."""
+        if self.quantized:
+            raise ValueError(
+                f"{field}: this engine quantized its weights at load (quantization=int8); "
+                "weight updates need an engine started without quantization"
+            )
         items = (
             list(named_tensors.items())
             if isinstance(named_tensors, Mapping)

@@ -17,7 +17,12 @@ logger = logging.getLogger("loomlm.kernels")
 
 _SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("paged_decode.cpp", "blocked_linear.cpp", "extend_attention.cpp")
+    for name in (
+        "paged_decode.cpp",
+        "blocked_linear.cpp",
+        "extend_attention.cpp",
+        "int8_linear.cpp",
+    )
 ]
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
