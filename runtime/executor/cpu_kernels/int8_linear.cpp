@@ -225,18 +225,20 @@ inline void tail_vnni(int64_t rows, const int8_t* wb, const uint8_t* xq, int64_t
   }
 }
 
-// Each row of x (float32) as uint8 q + 128 with its scale; K padded with the zero value 128.
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t ldq, uint8_t* xq, float* sx) {
+// Each row of x as uint8 q + 128 with its scale; K padded with the zero value 128. Read in
+// the activations' own dtype (no float32 copy of x per call).
+template <typename In>
+void quantize_rows(const In* x, int64_t M, int64_t K, int64_t ldq, uint8_t* xq, float* sx) {
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      const float* row = x + m * K;
+      const In* row = x + m * K;
       float amax = 0.f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(row[k]));
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(static_cast<float>(row[k])));
       const float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
       sx[m] = s;
       uint8_t* q = xq + m * ldq;
       for (int64_t k = 0; k < K; ++k)
-        q[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(row[k] * inv)) + 128);
+        q[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(static_cast<float>(row[k]) * inv)) + 128);
       for (int64_t k = K; k < ldq; ++k) q[k] = 128;
     }
   });
@@ -247,11 +249,12 @@ void run_vnni(const at::Tensor& x, const at::Tensor& packed, const float* scale,
               const float* bias, at::Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = y.size(1), blocks = packed.size(0), quads = packed.size(1);
   const int64_t ldq = quads * 4;
-  auto xq = at::empty({M, ldq}, x.options().dtype(at::kByte));
-  auto sx = at::empty({M}, x.options().dtype(at::kFloat));
-  quantize_rows(x.data_ptr<float>(), M, K, ldq, xq.data_ptr<uint8_t>(), sx.data_ptr<float>());
-  const uint8_t* q = xq.data_ptr<uint8_t>();
-  const float* s = sx.data_ptr<float>();
+  // One buffer: the rows' scales (float32), then the quantized rows.
+  auto work = at::empty({M * 4 + M * ldq}, x.options().dtype(at::kByte));
+  float* s = reinterpret_cast<float*>(work.data_ptr<uint8_t>());
+  uint8_t* q = work.data_ptr<uint8_t>() + M * 4;
+  if (x.scalar_type() == at::kFloat) quantize_rows(x.data_ptr<float>(), M, K, ldq, q, s);
+  else quantize_rows(x.data_ptr<c10::BFloat16>(), M, K, ldq, q, s);
   const int8_t* w = packed.data_ptr<int8_t>();
   T* yp = y.data_ptr<T>();
   const int64_t row_tasks = (M + BLOCK_M - 1) / BLOCK_M;
@@ -301,7 +304,7 @@ at::Tensor int8_linear_vnni(const at::Tensor& x, const at::Tensor& packed, const
   const int64_t padded = packed.size(0) * BLOCK_N;
   TORCH_CHECK(scale.numel() == padded && scale.scalar_type() == at::kFloat && wsum.numel() == padded &&
                   wsum.scalar_type() == at::kInt, "int8_linear: scale (float32) and wsum (int32) per padded output");
-  const auto x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const auto x2 = x.reshape({-1, K}).contiguous();  // read in its own dtype
   auto out_shape = x.sizes().vec();
   out_shape.back() = out_features;
   auto y = at::empty({x2.size(0), out_features}, x.options());
