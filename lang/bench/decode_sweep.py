@@ -146,17 +146,22 @@ def _prefill_row(name: str, dtype: str, generate: Callable[[list[list[int]], int
     return Row(name, dtype, 0, None, None, None, prefill=PREFILL_LEN / statistics.median(times))
 
 
-def run_loomlm(model_dir: Path, dtype: str, sizes: list[int]) -> list[Row]:
+def bench_engine(
+    model_dir: Path, dtype: str, quantization: str | None = None
+) -> tuple[Any, Callable[[list[list[int]], int], None]]:
+    """loomlm on the benchmark model as the sweeps run it, and its `generate(prompts, n)`
+    (exactly n greedy tokens each)."""
     from loomlm.runtime import Engine, SamplingParams
 
     start = time.perf_counter()
     engine = Engine(
-        model_dir, dtype=dtype, device="cpu", skip_tokenizer_init=True,
+        model_dir, dtype=dtype, device="cpu", skip_tokenizer_init=True, quantization=quantization,
         max_total_tokens=64 * 1024, disable_radix_cache=True,
     )  # fmt: skip
     mode = "compiled graph" if engine.runner.model_step.compiled else "eager"
     print(
-        f"  .. loomlm {dtype} ready in {time.perf_counter() - start:.1f} s ({mode})",
+        f"  .. loomlm {dtype} {quantization or ''} ready in {time.perf_counter() - start:.1f} s "
+        f"({mode})",
         file=sys.stderr,
     )
 
@@ -164,6 +169,11 @@ def run_loomlm(model_dir: Path, dtype: str, sizes: list[int]) -> list[Row]:
         params = SamplingParams(max_new_tokens=n, min_new_tokens=n, temperature=0, ignore_eos=True)
         engine.generate(input_ids=prompts, sampling_params=params)
 
+    return engine, generate
+
+
+def run_loomlm(model_dir: Path, dtype: str, sizes: list[int]) -> list[Row]:
+    engine, generate = bench_engine(model_dir, dtype)
     rows = _sizes_rows("loomlm", dtype, sizes, generate) + [_prefill_row("loomlm", dtype, generate)]
     engine.shutdown()
     return rows

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .bench_model import bench_model_dir
-from .decode_sweep import NEW_TOKENS, Row, _around, _sizes_rows, run_llama_cpp
+from .decode_sweep import NEW_TOKENS, Row, _around, _sizes_rows, bench_engine, run_llama_cpp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,23 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _speed(
     model_dir: Path, dtype: str, scheme: str | None, sizes: list[int]
 ) -> tuple[list[Row], float]:
-    from loomlm.runtime import Engine, SamplingParams
     from loomlm.runtime.executor.quantize import weight_bytes
 
-    start = time.perf_counter()
-    engine = Engine(
-        model_dir, dtype=dtype, device="cpu", skip_tokenizer_init=True, quantization=scheme,
-        max_total_tokens=64 * 1024, disable_radix_cache=True,
-    )  # fmt: skip
-    print(
-        f"  .. loomlm {dtype} {scheme} ready in {time.perf_counter() - start:.1f} s",
-        file=sys.stderr,
-    )
-
-    def generate(prompts: list[list[int]], n: int) -> None:
-        params = SamplingParams(max_new_tokens=n, min_new_tokens=n, temperature=0, ignore_eos=True)
-        engine.generate(input_ids=prompts, sampling_params=params)
-
+    engine, generate = bench_engine(model_dir, dtype, scheme)
     label = f"{dtype}+{scheme}" if scheme else dtype
     rows = _around(lambda: _sizes_rows("loomlm", label, sizes, generate))
     mib = weight_bytes(engine.model) / 2**20
